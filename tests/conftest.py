@@ -1,0 +1,36 @@
+"""Shared test set-up: deterministic Hypothesis profiles and the location of the real MNIST digits."""
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+# Deterministic by default so a failure reproduces; `ci` trades examples for time on 2 cores.
+settings.register_profile(
+    "dev", derandomize=True, max_examples=100, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "ci", derandomize=True, max_examples=60, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+_DEFAULT_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+
+
+def mnist_dir() -> Path | None:
+    """The real MNIST test split: $DDPM_MNIST_DIR, else ../shared/data/mnist beside the checkout."""
+    path = Path(os.environ.get("DDPM_MNIST_DIR", _DEFAULT_MNIST))
+    return path if (path / "t10k-images-idx3-ubyte.gz").exists() or (
+        path / "t10k-images-idx3-ubyte").exists() else None
+
+
+@pytest.fixture
+def real_mnist_dir() -> Path:
+    path = mnist_dir()
+    if path is None:
+        pytest.skip("real MNIST test split not found: set DDPM_MNIST_DIR to a folder holding "
+                    "t10k-images-idx3-ubyte(.gz) and t10k-labels-idx1-ubyte(.gz)")
+    return path
