@@ -1,0 +1,65 @@
+"""The torch side of the diffusion: diffusion_core's float64 tables as device tensors.
+
+Nothing here derives a formula. The core computes every coefficient table once in float64; this
+module registers them as buffers and combines them linearly. :func:`extract` is the one place
+where a NumPy table becomes a per-sample torch coefficient.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+import diffusion_core as core
+
+
+def as_table(array: np.ndarray, device: torch.device | str | None = None) -> torch.Tensor:
+    """A core table as a tensor: float64 where the device supports it (MPS does not)."""
+    dtype = torch.float32 if torch.device(device or "cpu").type == "mps" else torch.float64
+    return torch.tensor(np.array(array), dtype=dtype, device=device)  # a writable copy
+
+
+def extract(table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``table[t]`` reshaped to broadcast over ``like`` (B, ...) and cast to its dtype."""
+    return table[t].reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
+
+
+class Diffusion(nn.Module):
+    """Forward process, training target and x̂0 for one schedule and objective, on one device.
+
+    Tables are buffers, so ``.to(device)`` moves them once and per-step gathers never leave the
+    device. ``t`` is always the array index 0..T-1 (paper step t+1), as in diffusion_core.
+    """
+
+    def __init__(self, schedule: core.DiffusionSchedule, objective: core.Objective = "eps"):
+        super().__init__()
+        self.schedule = schedule
+        self.objective = objective
+        self.num_timesteps = schedule.num_timesteps
+        tables = core.objective_tables(schedule, objective)
+        for name in ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod"):
+            self.register_buffer(name, as_table(getattr(schedule, name)), persistent=False)
+        for name in ("target_x0_coef", "target_eps_coef", "x0_from_xt_coef", "x0_from_output_coef"):
+            self.register_buffer(name, as_table(getattr(tables, name)), persistent=False)
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = √ᾱ_t x0 + √(1-ᾱ_t) ε (Ho et al. 2020 eq. 4), coefficients from the core."""
+        return (extract(self.sqrt_alphas_cumprod, t, x0) * x0
+                + extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
+
+    def training_target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor):
+        """What the network regresses: ε, x0 or v, as the core's objective tables say."""
+        return extract(self.target_x0_coef, t, x0) * x0 + extract(self.target_eps_coef, t, x0) * noise
+
+    def predict_x0(self, xt: torch.Tensor, t: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """x̂0 from the network output under this objective."""
+        return extract(self.x0_from_xt_coef, t, xt) * xt + extract(self.x0_from_output_coef, t, xt) * output
+
+    def loss(self, model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+             y: torch.Tensor | None = None) -> torch.Tensor:
+        """The seed's objective: mean squared error between target and prediction (a scalar)."""
+        xt = self.q_sample(x0, t, noise)
+        pred = model(xt, t) if y is None else model(xt, t, y)
+        target = self.training_target(x0, t, noise)
+        return torch.mean((pred.float() - target.float()) ** 2)

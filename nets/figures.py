@@ -1,0 +1,76 @@
+"""The three figures of the seed report, drawn with matplotlib (Agg, no screen needed)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.ndarray:
+    """Tile uint8 images (N, H, W) into one (rows·(H+pad)+pad, cols·(W+pad)+pad) uint8 array."""
+    n, h, w = images.shape
+    ncol = nrow or math.ceil(math.sqrt(n))
+    nrows = math.ceil(n / ncol)
+    grid = np.zeros((nrows * (h + pad) + pad, ncol * (w + pad) + pad), dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, ncol)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = img
+    return grid
+
+
+def save_grid(images: np.ndarray, path: Path, ncol: int | None = None, scale: int = 3) -> None:
+    """F2: a grid of generated digits as a PNG (white digits on black, as MNIST)."""
+    grid = image_grid(images, ncol)
+    grid = np.kron(grid, np.ones((scale, scale), dtype=np.uint8))  # nearest-neighbour upscale
+    plt.imsave(path, grid, cmap="gray", vmin=0, vmax=255)
+
+
+def plot_loss(steps: np.ndarray, losses: np.ndarray, epochs: np.ndarray, path: Path) -> None:
+    """F1: per-step loss, an exponentially smoothed curve, and each epoch's mean marked."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, losses, color="tab:blue", alpha=0.25, lw=0.8, label="per-step loss")
+    smooth = np.empty_like(losses)
+    acc, beta = losses[0], 0.98
+    for i, value in enumerate(losses):  # bias-free EMA: plot starts at the first loss
+        acc = beta * acc + (1 - beta) * value
+        smooth[i] = acc
+    ax.plot(steps, smooth, color="tab:blue", lw=1.8, label="smoothed (EMA 0.98)")
+    for epoch in np.unique(epochs):
+        sel = epochs == epoch
+        ax.plot(steps[sel].mean(), losses[sel].mean(), "o", color="tab:red", ms=5,
+                label="epoch mean" if epoch == epochs.min() else None)
+    ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("MSE loss")
+    ax.set_title("Training loss")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_reverse(snapshots: np.ndarray, steps: list[int], path: Path) -> None:
+    """F3: chains (rows) from pure noise (left, t = T) to the digit (right, t = 0).
+
+    ``snapshots`` is uint8 (S, N, H, W): S moments of N chains; ``steps`` labels each column.
+    """
+    s, n = snapshots.shape[:2]
+    fig, axes = plt.subplots(n, s, figsize=(s * 0.9, n * 0.9 + 0.3), squeeze=False)
+    for col in range(s):
+        for row in range(n):
+            ax = axes[row, col]
+            ax.imshow(snapshots[col, row], cmap="gray", vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0, col].set_title(f"t={steps[col]}", fontsize=8)
+    fig.suptitle("Reverse diffusion: noise → digit", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
