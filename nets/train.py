@@ -269,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         stop["signal"] = signum
 
     old_handlers = {s: signal.signal(s, on_signal) for s in SIGNAL_EXIT_CODES}
-    loss_buf = torch.zeros(cfg.log_every, device=device)
+    # Losses since the last flush; slot i holds step logged_to + i, so a run resumed at any step
+    # (not only a multiple of --log-every) logs and checks the right values.
+    loss_buf = torch.zeros(max(1, min(cfg.log_every, total_steps)), device=device)
     progress, t_start, logged_to = Progress(total_steps, step), time.perf_counter(), step
     perm = None
     try:
@@ -296,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             with torch.no_grad():
                 torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()),
                                      1.0 - ema_decay_at(step, cfg))
-            loss_buf[step % cfg.log_every] = loss.detach()
+            loss_buf[step - logged_to] = loss.detach()
             step += 1
             timed_out = cfg.max_minutes and time.perf_counter() - t_start > 60 * cfg.max_minutes
             if step % cfg.log_every == 0 or step == total_steps or stop["signal"] or timed_out:
