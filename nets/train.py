@@ -300,8 +300,10 @@ def main(argv: list[str] | None = None) -> int:
                                      1.0 - ema_decay_at(step, cfg))
             loss_buf[step - logged_to] = loss.detach()
             step += 1
+            signum = stop["signal"]  # read once: a signal landing after this waits one more step
             timed_out = cfg.max_minutes and time.perf_counter() - t_start > 60 * cfg.max_minutes
-            if step % cfg.log_every == 0 or step == total_steps or stop["signal"] or timed_out:
+            save_now = step % cfg.checkpoint_every == 0 or step == total_steps or signum or timed_out
+            if save_now or step % cfg.log_every == 0:
                 losses = loss_buf[: step - logged_to].tolist()  # the only host sync
                 new = [{"step": s + 1, "epoch": s // steps_per_epoch, "loss": v,
                         "lr": lr_at(s, cfg)} for s, v in zip(range(logged_to, step), losses, strict=True)]
@@ -314,21 +316,19 @@ def main(argv: list[str] | None = None) -> int:
                     f.writelines(json.dumps(r) + "\n" for r in new)
                 logged_to = step
                 progress.update(step, losses[-1], cfg.batch_size)
-                if step % cfg.checkpoint_every == 0 or step == total_steps:
+                if save_now:  # only ever after every loss since the last save was checked
                     save_checkpoint(checkpoint_state(), run_dir / "checkpoint.pt")
-            if stop["signal"]:
+            if signum:
                 progress.close()
-                save_checkpoint(checkpoint_state(), run_dir / "checkpoint.pt")
                 print(f"interrupted at step {step}: checkpoint saved; continue with "
                       f"--resume {run_dir}", file=sys.stderr)
-                return SIGNAL_EXIT_CODES[stop["signal"]]
+                return SIGNAL_EXIT_CODES[signum]
             if timed_out:
                 break
     finally:
         for s, handler in old_handlers.items():
             signal.signal(s, handler)
     progress.close()
-    save_checkpoint(checkpoint_state(), run_dir / "checkpoint.pt")
     train_seconds = time.perf_counter() - t_start
     print(f"trained to step {step} in {train_seconds:.1f}s", file=sys.stderr)
 
