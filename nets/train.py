@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -261,8 +262,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- the loop ------------------------------------------------------------------------------
     metrics_path = run_dir / "metrics.jsonl"
-    rows = read_metrics(metrics_path, upto=step)  # drop rows logged after the checkpoint
-    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_metrics(metrics_path, read_metrics(metrics_path, upto=step))  # drop rows after the checkpoint
     stop = {"signal": None}
 
     def on_signal(signum, _frame):
@@ -339,10 +339,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def read_metrics(path: Path, upto: int | None = None) -> list[dict]:
+    """The rows of metrics.jsonl (up to step ``upto``); a last line cut short by a kill is dropped."""
     if not path.exists():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    *lines, _torn = path.read_text().split("\n")  # _torn: "" unless an append was cut short
+    rows = [json.loads(line) for line in lines if line.strip()]
     return [r for r in rows if upto is None or r["step"] <= upto]
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    """Replace metrics.jsonl atomically (temp file, fsync, rename): a kill mid-way loses no rows."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def make_figures(cfg: TrainConfig, run_dir: Path, ema: UNet, diffusion: Diffusion,
