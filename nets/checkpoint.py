@@ -25,8 +25,15 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
 
     The bytes go to a temporary file in the same directory, are flushed and fsync'ed, and then
     renamed over ``path`` (``os.replace`` is atomic on POSIX); the directory is fsync'ed too.
+    Raises CheckpointError, writing nothing, when the model or EMA weights hold a NaN or inf.
     """
     path = Path(path)
+    for key in ("model", "ema"):  # a diverged run must never replace a good checkpoint
+        bad = [name for name, t in state.get(key, {}).items()
+               if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad:
+            raise CheckpointError(f"refusing to write {path}: non-finite values in the {key} "
+                                  f"weights ({_some(bad)})")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -66,9 +73,43 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"checkpoint {path} holds objects that a safe load refuses (it may try to run "
-            f"code); refusing it: {str(err).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"checkpoint {path} is not readable: {err}") from None
+            f"code); refusing it: {_reason(err)}") from None
+    except Exception as err:  # torch.load raises many types on damaged bytes (KeyError, ...)
+        raise CheckpointError(f"checkpoint {path} is not readable: {_reason(err)}") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{path} is not a ddpm checkpoint (no model weights and config)")
     return state
+
+
+def load_weights(module: torch.nn.Module, weights: object, what: str = "weights") -> None:
+    """``module.load_state_dict(weights)``; a mismatch is a CheckpointError naming keys and shapes."""
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"the {what} are a {type(weights).__name__}, not a state dict")
+    own = module.state_dict()
+    problems = []
+    shapes = [f"{k} {tuple(getattr(weights[k], 'shape', ()))} vs {tuple(own[k].shape)}"
+              for k in own if k in weights and getattr(weights[k], "shape", None) != own[k].shape]
+    for label, keys in (("shape mismatch (checkpoint vs model)", shapes),
+                        ("missing", [k for k in own if k not in weights]),
+                        ("unexpected", [k for k in weights if k not in own])):
+        if keys:
+            problems.append(f"{label}: {_some(keys)}")
+    if problems:
+        raise CheckpointError(f"the {what} do not fit the model the saved config describes: "
+                              + "; ".join(problems))
+    try:
+        module.load_state_dict(weights)
+    except (RuntimeError, TypeError) as err:
+        raise CheckpointError(f"the {what} do not load: {str(err).splitlines()[0]}") from None
+
+
+def _some(items: list[str], limit: int = 3) -> str:
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def _reason(err: Exception) -> str:
+    """One line from a torch.load error: what the safe unpickler refused, else the first sentence."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [""]
+    line = next((line for line in lines if "unsupported" in line.lower()), lines[0])
+    return f"{type(err).__name__}: {line.split('. ')[0].rstrip('.')[:200]}"

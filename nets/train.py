@@ -23,7 +23,7 @@ import torch
 
 import diffusion_core as core
 from nets import cli
-from nets.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from nets.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from nets.diffusion import Diffusion
 from nets.unet import UNet, UNetConfig
 
@@ -154,7 +154,11 @@ def config_from_args(argv: list[str] | None) -> tuple[TrainConfig, Path | None]:
         saved = load_checkpoint(run_dir)
     except CheckpointError as err:
         cli.fail(f"--resume: {err}")
-    resumed = TrainConfig(**{**saved["config"], "run_dir": str(run_dir)})
+    try:
+        resumed = TrainConfig(**{**saved["config"], "run_dir": str(run_dir)})
+        UNetConfig.from_dict(resumed.unet)
+    except (TypeError, ValueError, AttributeError) as err:
+        cli.fail(f"--resume: the config saved in {run_dir} is not a training config: {err}")
     defaults = parser.parse_args([])
     for name in RESUMABLE_OVERRIDES:
         if getattr(args, name) != getattr(defaults, name):
@@ -243,13 +247,19 @@ def main(argv: list[str] | None = None) -> int:
     gen = torch.Generator(device=device).manual_seed(cfg.seed)  # t, ε and label-dropout draws
     step = 0
     if resume_dir is not None:
-        state = load_checkpoint(resume_dir, map_location=device)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        gen.set_state(state["rng"]["generator"].cpu())
-        torch.set_rng_state(state["rng"]["torch"].cpu())
-        step = state["step"]
+        try:
+            state = load_checkpoint(resume_dir, map_location=device)
+            load_weights(model, state["model"], f"model weights in {resume_dir}")
+            load_weights(ema, state["ema"], f"EMA weights in {resume_dir}")
+            optimizer.load_state_dict(state["optimizer"])
+            gen.set_state(state["rng"]["generator"].cpu())
+            torch.set_rng_state(state["rng"]["torch"].cpu())
+            step = int(state["step"])
+        except CheckpointError as err:
+            cli.fail(f"--resume: {err}")
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+            cli.fail(f"--resume: {resume_dir} is not a complete training checkpoint: "
+                     f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
         print(f"resumed from step {step}", file=sys.stderr)
     forward = torch.compile(model) if cfg.compile else model
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
@@ -317,7 +327,12 @@ def main(argv: list[str] | None = None) -> int:
                 logged_to = step
                 progress.update(step, losses[-1], cfg.batch_size)
                 if save_now:  # only ever after every loss since the last save was checked
-                    save_checkpoint(checkpoint_state(), run_dir / "checkpoint.pt")
+                    try:
+                        save_checkpoint(checkpoint_state(), run_dir / "checkpoint.pt")
+                    except (CheckpointError, OSError) as err:  # NaN weights, disk full
+                        progress.close()
+                        cli.fail(f"step {step}: {err}; the last good checkpoint in {run_dir} is "
+                                 f"kept", code=1)
             if signum:
                 progress.close()
                 print(f"interrupted at step {step}: checkpoint saved; continue with "
