@@ -27,7 +27,8 @@ def fail(message: str, code: int = 2):
     raise SystemExit(code)
 
 
-def int_at_least(low: int):
+def int_at_least(low: int, high: int | None = None):
+    """An integer >= ``low`` (and <= ``high`` when given)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -35,6 +36,8 @@ def int_at_least(low: int):
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}, got {value}")
         return value
     return parse
 
@@ -66,6 +69,14 @@ def existing_path(text: str) -> Path:
     return path
 
 
+def directory(text: str) -> Path:
+    """A folder path that may not exist yet, but is not an existing file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"not a directory: {text}")
+    return path
+
+
 def pick_device(name: str) -> torch.device:
     """``auto`` → CUDA, then MPS, then CPU; an explicit device must be available."""
     if name == "auto":
@@ -77,9 +88,13 @@ def pick_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
+        device = torch.device("meta")  # reported just below
+    if device.type not in ("cpu", "cuda", "mps"):
         fail(f"--device: unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)")
     if device.type == "cuda" and not torch.cuda.is_available():
         fail("--device: cuda requested but CUDA is not available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        fail(f"--device: {name} requested but only {torch.cuda.device_count()} CUDA devices exist")
     if device.type == "mps" and not torch.backends.mps.is_available():
         fail("--device: mps requested but MPS is not available")
     return device

@@ -71,8 +71,9 @@ RESUMABLE_OVERRIDES = ("epochs", "max_steps", "max_minutes", "device", "compile"
 def build_parser() -> cli.Parser:
     p = cli.Parser(prog="python -m nets.train", description=__doc__.splitlines()[0])
     d = TrainConfig()
-    p.add_argument("--data-dir", help="folder with the MNIST IDX files (downloaded there if "
-                   "missing); default: $DDPM_DATA_DIR or ~/.cache/ddpm/mnist")
+    p.add_argument("--data-dir", type=cli.directory,
+                   help="folder with the MNIST IDX files (downloaded there if missing); default: "
+                   "$DDPM_DATA_DIR or ~/.cache/ddpm/mnist")
     p.add_argument("--split", choices=["train", "test"], default=d.split,
                    help="which MNIST split to train on")
     p.add_argument("--limit", type=cli.positive_int, help="use only the first N images")
@@ -82,7 +83,8 @@ def build_parser() -> cli.Parser:
     p.add_argument("--max-minutes", type=cli.positive_float,
                    help="stop training after this much wall time (figures are made after)")
     p.add_argument("--batch-size", type=cli.positive_int, default=d.batch_size, help="images per step")
-    p.add_argument("--lr", type=cli.positive_float, default=d.lr, help="AdamW peak learning rate")
+    p.add_argument("--lr", type=cli.float_in(0, 1e30), default=d.lr,  # above, AdamW's step overflows
+                   help="AdamW peak learning rate")
     p.add_argument("--warmup-steps", type=cli.int_at_least(0), default=d.warmup_steps,
                    help="linear learning-rate warm-up steps")
     p.add_argument("--weight-decay", type=cli.float_in(0, 1, low_open=False),
@@ -110,7 +112,8 @@ def build_parser() -> cli.Parser:
                    help="residual blocks per resolution")
     p.add_argument("--dropout", type=cli.float_in(0, 1, low_open=False, high_open=True),
                    default=u.dropout, help="dropout inside residual blocks")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of every random draw")
+    p.add_argument("--seed", type=cli.int_at_least(0, 2**32 - 1), default=d.seed,
+                   help="seed of every random draw")
     p.add_argument("--device", default=d.device, help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--run-dir", help="output folder (default runs/<timestamp>)")
@@ -149,6 +152,9 @@ def config_from_args(argv: list[str] | None) -> tuple[TrainConfig, Path | None]:
     if args.resume is None:
         return cfg, None
     # Resume: the saved config wins, except the flags that may extend or move a run.
+    if args.resume.is_file() and args.resume.name != "checkpoint.pt":
+        parser.error(f"argument --resume: expected a run directory or its checkpoint.pt, got "
+                     f"{args.resume}")
     run_dir = args.resume if args.resume.is_dir() else args.resume.parent
     try:
         saved = load_checkpoint(run_dir)
