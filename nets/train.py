@@ -212,6 +212,9 @@ class Progress:
 def main(argv: list[str] | None = None) -> int:
     # ---- config -------------------------------------------------------------------------------
     cfg, resume_dir = config_from_args(argv)
+    if resume_dir is None and (Path(cfg.run_dir) / "checkpoint.pt").exists():  # never clobber a run
+        cli.fail(f"--run-dir: {cfg.run_dir} already holds a run's checkpoint.pt; continue it with "
+                 f"--resume {cfg.run_dir} or choose another --run-dir")
     device = cli.pick_device(cfg.device)
     run_dir = cli.ensure_writable_dir(Path(cfg.run_dir), "--run-dir")
     print(json.dumps(asdict(cfg), indent=1))
