@@ -36,7 +36,13 @@ from diffusion_core.parameterization import (
     v_target,
 )
 from diffusion_core.posterior import q_posterior_mean_variance
-from diffusion_core.respacing import Spacing, respace, respaced_betas, select_timesteps
+from diffusion_core.respacing import (
+    Spacing,
+    respace,
+    respaced_alphas,
+    respaced_betas,
+    select_timesteps,
+)
 from diffusion_core.reverse import (
     ReverseCoefficients,
     ReverseStep,
@@ -88,6 +94,7 @@ __all__ = [
     "q_sample",
     "rescale_zero_terminal_snr",
     "respace",
+    "respaced_alphas",
     "respaced_betas",
     "reverse_step",
     "select_timesteps",

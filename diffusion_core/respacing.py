@@ -57,8 +57,19 @@ def respaced_betas(schedule: DiffusionSchedule, timesteps: Any) -> np.ndarray:
     return np.where(tau - prev == 1, schedule.betas[tau], merged)
 
 
+def respaced_alphas(schedule: DiffusionSchedule, timesteps: Any) -> np.ndarray:
+    """α'_k = ᾱ_{τ_k}/ᾱ_{τ_{k-1}} (ᾱ_{τ_{-1}} = 1), the (K,) float64 one-step α of the respaced
+    process, to full relative precision even where β' ≈ 1 (where 1 - β' would not be); the
+    original α is kept where τ_k = τ_{k-1} + 1."""
+    tau = as_step_sequence(timesteps, schedule.num_timesteps)
+    prev = np.append(-1, tau[:-1])
+    ratio = schedule.alphas_cumprod[tau] / np.append(1.0, schedule.alphas_cumprod)[prev + 1]
+    return np.where(tau - prev == 1, schedule.alphas[tau], ratio)
+
+
 def respace(schedule: DiffusionSchedule, timesteps: Any) -> DiffusionSchedule:
     """The K-step `DiffusionSchedule` of the respaced process on the ascending indices
-    `timesteps`: its ᾱ equals the original ᾱ at those indices (to float64 rounding of the
-    cumulative product)."""
+    `timesteps`: its ᾱ equals the original ᾱ at those indices to float64 rounding of the
+    cumulative product, and of α' = 1 - β', which keeps only u/α' relative precision where a
+    merged β' is close to 1. The samplers therefore take ᾱ from the original schedule."""
     return DiffusionSchedule.from_betas(respaced_betas(schedule, timesteps))

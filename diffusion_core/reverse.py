@@ -31,7 +31,7 @@ from diffusion_core._inputs import (
     read_only,
 )
 from diffusion_core.objectives import Objective, x0_coefficients
-from diffusion_core.respacing import respace, respaced_betas, select_timesteps
+from diffusion_core.respacing import respace, respaced_alphas, respaced_betas, select_timesteps
 from diffusion_core.schedule import DiffusionSchedule
 
 __all__ = [
@@ -128,16 +128,21 @@ def ddpm_coefficients(
     """DDPM ancestral sampling (Ho et al. 2020 Algorithm 2) on the process respaced to
     `timesteps` (ascending indices; None = all T steps).
 
-    A = √ᾱ_prev, B = coef2'·√(1-ᾱ_t) (coef2' the respaced posterior_mean_coef2), so that
-    A·x̂0 + B·ε̂ = μ̃(x_t, x̂0); σ² = β̃' (`variance="posterior"`) or β' (`"beta"`), Ho et al.
-    (2020) §3.2. σ = 0 at the last step.
+    A = √ᾱ_prev, B = coef2'·√(1-ᾱ_t) with coef2' = √α'(1-ᾱ_prev)/(1-ᾱ_t) the posterior_mean_coef2
+    of the respaced process (α' = ᾱ_t/ᾱ_prev), so that A·x̂0 + B·ε̂ = μ̃(x_t, x̂0); σ² = β̃'
+    (`variance="posterior"`) or β' (`"beta"`), Ho et al. (2020) §3.2. σ = 0 at the last step.
     """
     variance = as_choice("variance", variance, get_args(Variance))
     steps = _steps(schedule, timesteps)
-    process = respace(schedule, steps.tau)
+    one_minus_prev, one_minus = (steps.one_minus_alphas_cumprod_prev,
+                                 steps.sqrt_one_minus_alphas_cumprod**2)
+    beta, alpha = respaced_betas(schedule, steps.tau), respaced_alphas(schedule, steps.tau)
     x0_coef = np.sqrt(steps.alphas_cumprod_prev)  # coef1 + coef2·√ᾱ_t = √ᾱ_{t-1} (Ho eq. 7)
-    eps_coef = process.posterior_mean_coef2 * steps.sqrt_one_minus_alphas_cumprod  # Ho eq. 7
-    sigma_sq = {"posterior": process.posterior_variance, "beta": process.betas}[variance]
+    # Ho et al. (2020) eq. 7 in the respaced process: coef2' = √α'(1-ᾱ_{t-1})/(1-ᾱ_t), and
+    # B = coef2'·√(1-ᾱ_t)
+    eps_coef = np.sqrt(alpha) * one_minus_prev / steps.sqrt_one_minus_alphas_cumprod
+    # Ho et al. (2020) §3.2: σ² = β̃' = β'(1-ᾱ_{t-1})/(1-ᾱ_t) (eq. 7) or σ² = β'
+    sigma_sq = {"posterior": beta * one_minus_prev / one_minus, "beta": beta}[variance]
     return _sampling_order(steps, x0_coef, eps_coef, np.sqrt(sigma_sq))
 
 
@@ -152,13 +157,15 @@ def ddim_coefficients(
     """
     eta = as_real("eta", eta, 0, np.inf, low_open=False, high_open=True)
     steps = _steps(schedule, timesteps)
-    one_minus_prev = steps.one_minus_alphas_cumprod_prev
-    # DDIM eq. 16: σ_t(η)² = η²·(1-ᾱ_{t-1})/(1-ᾱ_t)·(1-ᾱ_t/ᾱ_{t-1}), where 1-ᾱ_t/ᾱ_{t-1} is
-    # the respaced β' (exact when the steps are consecutive)
-    unit_sigma_sq = (one_minus_prev / steps.sqrt_one_minus_alphas_cumprod**2
-                     * respaced_betas(schedule, steps.tau))
+    one_minus_prev, one_minus = (steps.one_minus_alphas_cumprod_prev,
+                                 steps.sqrt_one_minus_alphas_cumprod**2)
+    beta, alpha = respaced_betas(schedule, steps.tau), respaced_alphas(schedule, steps.tau)
+    # DDIM eq. 16: σ_t(η)² = η²·(1-ᾱ_{t-1})/(1-ᾱ_t)·(1-ᾱ_t/ᾱ_{t-1})
+    unit_sigma_sq = one_minus_prev / one_minus * beta
     sigma_sq = eta**2 * unit_sigma_sq
-    eps_coef_sq = one_minus_prev - sigma_sq  # DDIM eq. 12: √(1-ᾱ_{t-1}-σ_t²)
+    # DDIM eq. 12: B² = 1-ᾱ_{t-1}-σ_t², with eq. 16 substituted and 1-ᾱ_t = (1-ᾱ_{t-1}) + ᾱ_{t-1}β':
+    # B² = (1-ᾱ_{t-1})·((1-ᾱ_{t-1})α' + (1-η²)β')/(1-ᾱ_t), free of cancellation for η ≤ 1
+    eps_coef_sq = one_minus_prev * (one_minus_prev * alpha + (1.0 - eta**2) * beta) / one_minus
     if np.any(eps_coef_sq < -1e-12 * one_minus_prev):
         limit = np.sqrt(np.min(one_minus_prev[1:] / unit_sigma_sq[1:]))
         raise ValueError(f"eta = {eta} is too large for these timesteps: sigma^2 would exceed "

@@ -74,7 +74,7 @@ class DiffusionSchedule:
         one_minus_prev = np.append(0.0, one_minus[:-1])
         with np.errstate(divide="ignore"):  # +inf only where ᾱ = 0 (zero terminal SNR)
             sqrt_recip = 1.0 / np.sqrt(alphas_cumprod)
-            sqrt_recipm1 = np.sqrt(1.0 / alphas_cumprod - 1.0)
+            sqrt_recipm1 = np.sqrt(one_minus / alphas_cumprod)  # √(1/ᾱ - 1) without cancellation
         # Ho et al. (2020) eq. 7: β̃_t = (1 - ᾱ_{t-1})/(1 - ᾱ_t)·β_t
         posterior_variance = betas * one_minus_prev / one_minus
         # β̃ at index 0 is 0; its log is clipped to index 1's (improved-diffusion). With T = 1

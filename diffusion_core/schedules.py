@@ -2,8 +2,8 @@
 
 Index convention: `betas[t]`, t = 0..T-1, is the paper's β_{t+1}. Every function here returns a
 fresh array that has passed `validate_betas`: finite, 0 < β < 1 (β = 1 allowed only as the last
-entry, zero terminal SNR), 1 - β < 1 in float64, and ᾱ = cumprod(1 - β) strictly decreasing and,
-except for a terminal ᾱ = 0, at least the smallest normal float64 (so 1/ᾱ is finite).
+entry, zero terminal SNR), 1 - β < 1 in float64, and ᾱ = cumprod(1 - β), except for a terminal
+ᾱ = 0, at least the smallest normal float64 (so 1/ᾱ is finite); ᾱ is then strictly decreasing.
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ def validate_betas(betas: Any) -> np.ndarray:
     if not np.all(inside):
         i = int(np.flatnonzero(~inside)[0])
         raise ValueError(f"betas must lie in (0, 1) (1 allowed only as the last entry); "
-                         f"betas[{i}] = {b[i]!r}")
+                         f"betas[{i}] = {float(b[i])!r}")
     alphas = 1.0 - b
     if np.any(alphas == 1.0):
         i = int(np.flatnonzero(alphas == 1.0)[0])
-        raise ValueError(f"betas[{i}] = {b[i]!r} is below float64 resolution: 1 - beta rounds "
+        raise ValueError(f"betas[{i}] = {float(b[i])!r} is below float64 resolution: 1 - beta rounds "
                          "to 1")
     alphas_cumprod = np.cumprod(alphas)  # Ho et al. (2020) eq. 4: ᾱ_t = ∏_{s≤t} α_s
     positive = alphas_cumprod if b[-1] < 1 else alphas_cumprod[:-1]
@@ -48,9 +48,7 @@ def validate_betas(betas: Any) -> np.ndarray:
         i = int(np.flatnonzero(positive < np.finfo(np.float64).tiny)[0])
         raise ValueError(f"alphas_cumprod underflows at index {i} (below the smallest normal "
                          "float64); use fewer steps or smaller betas")
-    if np.any(np.diff(alphas_cumprod) >= 0):
-        i = int(np.flatnonzero(np.diff(alphas_cumprod) >= 0)[0]) + 1
-        raise ValueError(f"alphas_cumprod is not strictly decreasing in float64 at index {i}")
+    # ᾱ is now strictly decreasing: for a normal float a and α ≤ 1 - 2^-53, a·α rounds below a
     return b
 
 
@@ -123,7 +121,13 @@ def rescale_zero_terminal_snr(betas: Any) -> np.ndarray:
     alphas_cumprod = sqrt_ab**2
     with np.errstate(divide="ignore", invalid="ignore"):  # a collapse in float64 is caught below
         alphas = np.concatenate([alphas_cumprod[:1], alphas_cumprod[1:] / alphas_cumprod[:-1]])
-    return validate_betas(1.0 - alphas)
+    rescaled = 1.0 - alphas
+    if not np.all(rescaled[:-1] < 1):  # also catches NaN from a collapse to 0/0
+        i = int(np.flatnonzero(~(rescaled[:-1] < 1))[0])
+        raise ValueError(f"zero terminal SNR rescaling gives beta = 1 in float64 at index {i}, "
+                         "before the last step: the last steps are too small next to the "
+                         "earlier ones to rescale")
+    return validate_betas(rescaled)
 
 
 _SCHEDULES: dict[str, Callable[..., np.ndarray]] = {

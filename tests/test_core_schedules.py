@@ -98,13 +98,22 @@ def test_make_betas_passes_keyword_arguments():
     np.testing.assert_array_equal(make_betas("linear", 5, beta_end=0.5), linear_betas(5, 1e-4, 0.5))
 
 
-@given(named_betas(min_T=2, zero_terminal_snr=False) | random_betas(min_T=2))
+# β ≥ 1e-6 here: rescaling maps α' at the second-to-last step to about (β_T/(β_{T-1}+β_T))²,
+# which must stay above 2^-53 for 1 - α' < 1 (test_zero_terminal_snr_that_rounds_... below)
+@given(named_betas(min_T=2, zero_terminal_snr=False) | random_betas(min_T=2, min_beta=1e-6))
 def test_zero_terminal_snr_keeps_first_alpha_bar_zeroes_last_and_snr_decreases(betas):
     rescaled = DiffusionSchedule.from_betas(rescale_zero_terminal_snr(betas))
     original = DiffusionSchedule.from_betas(betas)
     np.testing.assert_allclose(rescaled.alphas_cumprod[0], original.alphas_cumprod[0], rtol=1e-12)
     assert rescaled.alphas_cumprod[-1] == 0 and rescaled.betas[-1] == 1
     assert np.all(np.diff(rescaled.snr) < 0)
+
+
+def test_zero_terminal_snr_that_rounds_a_beta_to_one_before_the_last_step_raises():
+    # found by Hypothesis (T = 2146, last β = 1.6e-10 after β = 0.038): the rescaled α' at the
+    # second-to-last step is ~1e-32, so β' = 1 - α' rounds to 1 where only the last may be 1
+    with pytest.raises(ValueError, match="before the last step"):
+        rescale_zero_terminal_snr(np.append(np.full(10, 0.3), 1e-12))
 
 
 def test_zero_terminal_snr_of_linear_1000_matches_lin_et_al():

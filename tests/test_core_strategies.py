@@ -49,12 +49,12 @@ def named_betas(draw, min_T: int = 1, max_T: int = MAX_T, zero_terminal_snr: boo
 
 
 @st.composite
-def random_betas(draw, min_T: int = 1, max_T: int = MAX_T):
-    """A valid random β array, log-uniform over ten decades; sometimes β_T = 1 (ᾱ_T = 0)."""
+def random_betas(draw, min_T: int = 1, max_T: int = MAX_T, min_beta: float = 1e-10):
+    """A valid random β array, log-uniform over [min_beta, cap]; sometimes β_T = 1 (ᾱ_T = 0)."""
     T = draw(st.integers(min_T, max_T))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     cap = min(0.999, -math.expm1(-600.0 / T))
-    betas = np.exp(rng.uniform(math.log(1e-10), math.log(cap), size=T))
+    betas = np.exp(rng.uniform(math.log(min_beta), math.log(cap), size=T))
     if T >= 2 and draw(st.booleans()):
         betas[-1] = 1.0
     return betas
