@@ -33,7 +33,7 @@ def select_timesteps(T: int, num_steps: int, spacing: Spacing) -> np.ndarray:
         raise ValueError(f"num_steps must be <= T = {T}, got {K}")
     spacing = as_choice("spacing", spacing, get_args(Spacing))
     i = np.arange(K, dtype=np.int64)
-    rules = {
+    rules = {  # Lin et al. (2024) Table 2, in 0-based indices; (2a + b) // (2b) = round(a/b)
         "leading": lambda: i * (T // K),
         "trailing": lambda: (2 * (i + 1) * T + K) // (2 * K) - 1,
         "linspace": lambda: (2 * i * (T - 1) + (K - 1)) // (2 * (K - 1)) if K > 1 else i + T - 1,

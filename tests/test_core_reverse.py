@@ -132,9 +132,32 @@ def test_ddim_eps_coef_squared_plus_sigma_squared_is_one_minus_alpha_bar_prev(sc
     np.testing.assert_allclose(coeffs.eps_coef**2 + coeffs.sigma**2, one_minus_prev, rtol=1e-12)
 
 
+def test_ddim_eta_one_matches_ddpm_after_a_tiny_first_step_and_a_long_jump():
+    # found by Hypothesis (steps [0, 93], ᾱ from 0.99977 to 2e-4): B = √(1-ᾱ_prev-σ²) evaluated
+    # as written cancels to 9 digits; B² = (1-ᾱ_prev)((1-ᾱ_prev)α' + (1-η²)β')/(1-ᾱ_t) does not
+    betas = np.append(2.28e-4, np.full(93, -np.expm1(np.log(2e-4) / 93)))
+    schedule, steps = DiffusionSchedule.from_betas(betas), [0, 93]
+    ddim, ddpm = ddim_coefficients(schedule, steps, 1.0), ddpm_coefficients(schedule, steps)
+    np.testing.assert_allclose(ddim.eps_coef, ddpm.eps_coef, rtol=1e-13)
+
+
 def test_ddim_eta_one_sigma_squared_is_beta_tilde_on_ho_et_al():
     np.testing.assert_allclose(ddim_coefficients(HO, eta=1.0).sigma[:-1] ** 2,
                                HO.posterior_variance[1:][::-1], rtol=1e-13)
+
+
+def test_ddim_50_trailing_steps_on_ho_et_al_start_at_999_and_add_no_noise():
+    coeffs = ddim_coefficients(HO, select_timesteps(1000, 50, "trailing"))
+    np.testing.assert_array_equal(coeffs.timesteps[:3], [999, 979, 959])
+    assert np.all(coeffs.sigma == 0) and coeffs.x0_coef[-1] == 1 and coeffs.eps_coef[-1] == 0
+    np.testing.assert_allclose(coeffs.eps_coef[0], np.sqrt(1 - HO.alphas_cumprod[979]),
+                               rtol=1e-14)
+
+
+def test_ddpm_with_beta_variance_on_ho_et_al_starts_with_sigma_squared_0_02():
+    coeffs = ddpm_coefficients(HO, variance="beta")
+    np.testing.assert_allclose(coeffs.sigma[0] ** 2, 0.02, rtol=1e-14)
+    np.testing.assert_array_equal(respace(HO, np.arange(1000)).betas, HO.betas)
 
 
 @given(schedules(), st.data())
@@ -242,8 +265,13 @@ def test_ddpm_on_respaced_steps_is_ddpm_on_the_respaced_schedule(schedule, data)
     # the cumulative K-step rounding); the coefficients from the original ᾱ do not
     kept = respaced.alphas > 0
     rtol = 8 * U * (K + schedule.num_timesteps + np.sum(1 / respaced.alphas[kept]))
-    for name in ("x0_coef", "eps_coef", "sigma", "sqrt_alphas_cumprod"):
+    for name in ("x0_coef", "sigma", "sqrt_alphas_cumprod"):
         np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=rtol, atol=1e-300)
+    # found by Hypothesis (T = 3152, steps [1575, 3151]): where ᾱ_t/ᾱ_prev < 2^-53, β' rounds to
+    # 1 in the respaced schedule, whose B = √α'·... becomes 0; from ᾱ it stays √α'·... < 2^-26
+    exact = (respaced.betas < 1)[::-1]
+    np.testing.assert_allclose(a.eps_coef[exact], b.eps_coef[exact], rtol=rtol, atol=1e-300)
+    assert np.all(a.eps_coef[~exact] < 2.0**-26)
 
 
 @given(schedules(), st.data())

@@ -39,6 +39,14 @@ def test_alphas_cumprod_prev_is_alphas_cumprod_shifted_with_leading_one(schedule
                                   np.concatenate([[1.0], schedule.alphas_cumprod[:-1]]))
 
 
+def test_ho_et_al_tables_at_the_first_two_steps():
+    b0, b1 = HO.betas[:2]
+    assert HO.alphas_cumprod_prev[0] == 1 and HO.alphas_cumprod_prev[1] == 1 - b0
+    np.testing.assert_allclose(HO.posterior_variance[1], b1 * b0 / (b0 + b1 - b0 * b1),
+                               rtol=1e-14)
+    np.testing.assert_allclose(HO.snr[0], (1 - b0) / b0, rtol=1e-12)
+
+
 @given(schedules())
 def test_posterior_variance_is_at_most_beta(schedule):
     assert np.all(schedule.posterior_variance <= schedule.betas)
