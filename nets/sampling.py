@@ -3,13 +3,25 @@
 One loop serves DDPM (σ² = β̃ or β) and DDIM (any η, any respaced step list): the core reduces
 every step to ``x_prev = A_k·x̂0 + B_k·ε̂ + σ_k·z``. All tables are moved to the device once;
 the loop does no host work and no syncs per step.
+
+Speed (measured in ``benchmarks/sample_speed.py``, docs/benchmarks.md). Before the loop,
+:func:`sample` gathers every per-step coefficient (the objective's x̂0 pair at τ_k, √ᾱ, √(1-ᾱ),
+A, B, σ) into one (K, 7) table in the working dtype, so a step selects one row with a device
+index: no per-step gathers, float64 casts, host→device copies or syncs. With
+``cuda_graph=True`` one step (network, guidance, update) is captured as a CUDA graph and
+replayed; the noise z is still drawn eagerly by ``noise_fn`` (the same calls, in the same order,
+on the same generator as the eager loop) and copied into the graph's input, so graph and eager
+runs give the same images and leave the generator in the same state.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -33,7 +45,7 @@ class DeviceCoefficients(nn.Module):
         super().__init__()
         self.num_steps = len(coeffs.timesteps)
         self.timesteps_host = [int(t) for t in coeffs.timesteps]  # for labels, never in the loop
-        self.register_buffer("timesteps", torch.as_tensor(coeffs.timesteps, dtype=torch.long))
+        self.register_buffer("timesteps", torch.tensor(np.array(coeffs.timesteps), dtype=torch.long))
         for name in ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
                      "x0_coef", "eps_coef", "sigma"):
             self.register_buffer(name, as_table(getattr(coeffs, name)))
@@ -53,51 +65,137 @@ def make_coefficients(schedule: core.DiffusionSchedule, sampler: str, steps: int
     raise ValueError(f"unknown sampler: {sampler!r} (expected 'ddpm' or 'ddim')")
 
 
-def reverse_step(coeffs: DeviceCoefficients, k: int, diffusion: Diffusion, xt: torch.Tensor,
-                 output: torch.Tensor, noise: torch.Tensor | None, clip_x0: bool = True):
-    """One step k of the reverse process; mirrors ``diffusion_core.reverse_step``. → (x_prev, x̂0)."""
-    t = coeffs.timesteps[k].expand(xt.shape[0])
-    x0 = diffusion.predict_x0(xt, t, output)
+class _StepCoefficients(NamedTuple):
+    """The scalars of one step k, each broadcastable against x (B, C, H, W), in x's dtype."""
+
+    x0_from_xt: torch.Tensor  # x̂0 = x0_from_xt·x_t + x0_from_output·output (objective tables at τ_k)
+    x0_from_output: torch.Tensor
+    sqrt_alphas_cumprod: torch.Tensor  # √ᾱ at τ_k
+    sqrt_one_minus_alphas_cumprod: torch.Tensor  # √(1-ᾱ) at τ_k
+    x0_coef: torch.Tensor  # A_k
+    eps_coef: torch.Tensor  # B_k
+    sigma: torch.Tensor  # σ_k
+
+
+def _update(xt: torch.Tensor, output: torch.Tensor, noise: torch.Tensor | None,
+            c: _StepCoefficients, clip_x0: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """x_prev = A·x̂0 + B·ε̂ + σ·z from the network output; the one copy of the step's math."""
+    x0 = c.x0_from_xt * xt + c.x0_from_output * output  # as nets.diffusion.Diffusion.predict_x0
     if clip_x0:
         x0 = x0.clamp(-1.0, 1.0)
     # ε̂ recomputed from the (clipped) x̂0, so x_t = √ᾱ x̂0 + √(1-ᾱ) ε̂ holds exactly.
-    eps = (xt - coeffs.sqrt_alphas_cumprod[k].to(xt.dtype) * x0) / \
-        coeffs.sqrt_one_minus_alphas_cumprod[k].to(xt.dtype)
-    x_prev = coeffs.x0_coef[k].to(xt.dtype) * x0 + coeffs.eps_coef[k].to(xt.dtype) * eps
+    eps = (xt - c.sqrt_alphas_cumprod * x0) / c.sqrt_one_minus_alphas_cumprod
+    x_prev = c.x0_coef * x0 + c.eps_coef * eps  # DDIM eq. 12 / Ho et al. (2020) eq. 7 via the core
     if noise is not None:
-        x_prev = x_prev + coeffs.sigma[k].to(xt.dtype) * noise
+        x_prev = x_prev + c.sigma * noise
     return x_prev, x0
+
+
+def reverse_step(coeffs: DeviceCoefficients, k: int, diffusion: Diffusion, xt: torch.Tensor,
+                 output: torch.Tensor, noise: torch.Tensor | None, clip_x0: bool = True):
+    """One step k of the reverse process; mirrors ``diffusion_core.reverse_step``. → (x_prev, x̂0)."""
+    t = coeffs.timesteps[k]
+    tables = (diffusion.x0_from_xt_coef[t], diffusion.x0_from_output_coef[t],
+              coeffs.sqrt_alphas_cumprod[k], coeffs.sqrt_one_minus_alphas_cumprod[k],
+              coeffs.x0_coef[k], coeffs.eps_coef[k], coeffs.sigma[k])
+    c = _StepCoefficients(*(v.to(xt.dtype) for v in tables))
+    return _update(xt, output, noise, c, clip_x0)
+
+
+def _step_table(coeffs: DeviceCoefficients, diffusion: Diffusion, dtype: torch.dtype) -> torch.Tensor:
+    """(K, 7) in ``dtype``: row k holds the fields of ``_StepCoefficients`` for step k.
+
+    Each float64 entry is rounded to ``dtype`` once, exactly as :func:`reverse_step` rounds it
+    per step, so the table changes no result.
+    """
+    t = coeffs.timesteps
+    columns = (diffusion.x0_from_xt_coef[t], diffusion.x0_from_output_coef[t],
+               coeffs.sqrt_alphas_cumprod, coeffs.sqrt_one_minus_alphas_cumprod,
+               coeffs.x0_coef, coeffs.eps_coef, coeffs.sigma)
+    return torch.stack([c.to(dtype) for c in columns], dim=1)
+
+
+def _sample_step(model: nn.Module, table: torch.Tensor, timesteps: torch.Tensor,
+                 y: torch.Tensor | None, guidance: float | None, clip_x0: bool,
+                 autocast_dtype: torch.dtype | None, x: torch.Tensor, k: torch.Tensor,
+                 noise: torch.Tensor | None) -> torch.Tensor:
+    """Step k (a (1,) long device tensor) of the chain: network, guidance, update. → x_prev."""
+    t = timesteps.index_select(0, k).expand(x.shape[0])  # (B,)
+    with torch.autocast(x.device.type, dtype=autocast_dtype or torch.bfloat16,
+                        enabled=autocast_dtype is not None, cache_enabled=False):
+        output = _model_output(model, x, t, y, guidance)
+    c = _StepCoefficients(*table.index_select(0, k).unbind(1))  # seven (1,) tensors
+    return _update(x, output.to(x.dtype), noise, c, clip_x0)[0]
+
+
+class _CudaGraphStep:
+    """One sampler step captured as a CUDA graph; x, k and z are its static input buffers.
+
+    Only the network and the update are captured. z is drawn by the caller (eagerly, by
+    ``noise_fn``) and copied in, so the generator sees exactly the eager loop's draws. The last
+    step (no noise) runs eagerly, as in the eager loop.
+    """
+
+    def __init__(self, step: Callable, x_T: torch.Tensor):
+        self.step = step
+        self.x = x_T.clone()  # (B, C, H, W): input and output of the graph
+        self.z = torch.zeros_like(x_T)
+        self.k = torch.zeros(1, dtype=torch.long, device=x_T.device)
+        side = torch.cuda.Stream(x_T.device)
+        side.wait_stream(torch.cuda.current_stream(x_T.device))
+        with torch.cuda.stream(side):  # warm-up off the capture: lazy inits, library handles
+            for _ in range(2):
+                step(self.x, self.k, self.z)  # results discarded; the generator is not used
+        torch.cuda.current_stream(x_T.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):  # records kernels; runs nothing
+            self.x.copy_(step(self.x, self.k, self.z))
+
+    def __call__(self, x: torch.Tensor, k: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        if x.data_ptr() != self.x.data_ptr():
+            self.x.copy_(x)
+        self.k.copy_(k)
+        if noise is None:
+            return self.step(self.x, self.k, None)
+        self.z.copy_(noise)
+        self.graph.replay()
+        return self.x
 
 
 @torch.inference_mode()
 def sample(model: nn.Module, diffusion: Diffusion, coeffs: DeviceCoefficients, x_T: torch.Tensor,
            noise_fn: NoiseFn, y: torch.Tensor | None = None, clip_x0: bool = True,
            guidance: float | None = None, num_snapshots: int = 0,
-           autocast_dtype: torch.dtype | None = None) -> SampleResult:
+           autocast_dtype: torch.dtype | None = None, cuda_graph: bool = False) -> SampleResult:
     """Run the reverse chain from ``x_T`` (B, C, H, W).
 
     ``noise_fn(k, like)`` returns the z of step k (callers use a seeded generator; tests pass
-    fixed noise). ``guidance`` w applies classifier-free guidance ε_u + w(ε_c − ε_u) with both
-    passes in one batched call (needs ``y``). ``num_snapshots`` records that many x_t along the
-    chain (evenly spaced, the first being x_T) plus the final image.
+    fixed noise); it is not called for the last step. ``guidance`` w applies classifier-free
+    guidance ε_u + w(ε_c − ε_u) with both passes in one batched call (needs ``y``).
+    ``num_snapshots`` records that many x_t along the chain (evenly spaced, the first being x_T)
+    plus the final image. ``autocast_dtype`` (e.g. torch.bfloat16) runs the network under
+    autocast; the update stays in x_T's dtype. ``cuda_graph`` (CUDA tensors only) replays one
+    captured step instead of launching its kernels one by one; the images are the same.
     """
+    if cuda_graph and x_T.device.type != "cuda":
+        raise ValueError(f"cuda_graph=True needs CUDA tensors, got x_T on {x_T.device}")
     num_steps = coeffs.num_steps
     record = set()
     if num_snapshots:
         record = {round(i * num_steps / num_snapshots) for i in range(num_snapshots)}
     snaps, snap_t = [], []
+    step = functools.partial(_sample_step, model, _step_table(coeffs, diffusion, x_T.dtype),
+                             coeffs.timesteps, y, guidance, clip_x0, autocast_dtype)
+    if cuda_graph:
+        step = _CudaGraphStep(step, x_T)
+    ks = torch.arange(num_steps, device=x_T.device)  # ks[k:k+1] indexes step k without a copy
     x = x_T
     for k in range(num_steps):
         if k in record:
             snaps.append(x.float().clone())
             snap_t.append(coeffs.timesteps_host[k] + 1)
-        t = coeffs.timesteps[k].expand(x.shape[0])
-        with torch.autocast(x.device.type, dtype=autocast_dtype or torch.bfloat16,
-                            enabled=autocast_dtype is not None):
-            output = _model_output(model, x, t, y, guidance)
         last = k == num_steps - 1
-        x, _ = reverse_step(coeffs, k, diffusion, x, output.to(x.dtype),
-                            None if last else noise_fn(k, x), clip_x0)
+        x = step(x, ks[k:k + 1], None if last else noise_fn(k, x))
     # The last step has ᾱ_prev = 1 and σ = 0, so x is x̂0 itself.
     images = x
     if num_snapshots:
