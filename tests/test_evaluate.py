@@ -130,6 +130,16 @@ def test_nearest_neighbour_distances_match_a_loop():
     assert metrics.nearest_neighbour_distances(r[:3], r).max() < 0.05  # copies: ~0
 
 
+@pytest.mark.parametrize("n", [50, evaluate.BASELINE_IMAGES + 30])
+def test_memorisation_baseline_without_held_out_images_is_leave_one_out(n):
+    train = np.random.default_rng(6).integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    ref = evaluate.make_reference(train, train[:0], seed=0)
+    loo = metrics.nearest_neighbour_distances(train, train, exclude_self=True)
+    assert ref.baseline_kind == "leave-one-out"
+    assert len(ref.baseline_nn) == min(n, evaluate.BASELINE_IMAGES)
+    assert np.isin(np.round(ref.baseline_nn, 4), np.round(loo, 4)).all()
+
+
 # ---------------------------------------------------------------------------------------------
 # The classifier on real digits
 
