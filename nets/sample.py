@@ -76,7 +76,9 @@ def load_model(path: str | os.PathLike, weights: str = "ema",
         betas = core.make_betas(cfg["schedule"], int(cfg["timesteps"]))
         diffusion = Diffusion(core.DiffusionSchedule.from_betas(betas), cfg.get("objective", "eps"))
         unet_config = UNetConfig.from_dict(cfg["unet"])
-    except (KeyError, TypeError, ValueError) as err:
+        model = UNet(unet_config)
+        step = int(state.get("step", 0))
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise CheckpointError(f"{resolved} is not a DDPM checkpoint of this package "
                               f"(its config does not describe a U-Net and schedule: "
                               f"{type(err).__name__}: {err})") from None
@@ -87,15 +89,13 @@ def load_model(path: str | os.PathLike, weights: str = "ema",
     if not isinstance(state.get(key), dict):
         raise CheckpointError(f"{resolved} holds no {weights} weights"
                               + (" (try --weights raw)" if weights == "ema" else ""))
-    model = UNet(unet_config)
     try:
         model.load_state_dict(state[key])
     except (RuntimeError, TypeError, AttributeError) as err:
         raise CheckpointError(f"the weights in {resolved} do not fit the U-Net its config "
                               f"describes: {' '.join(str(err).split())[:300]}") from None
     model.requires_grad_(False)
-    return LoadedModel(model.to(device).eval(), diffusion.to(device), cfg,
-                       int(state.get("step", 0)), resolved)
+    return LoadedModel(model.to(device).eval(), diffusion.to(device), cfg, step, resolved)
 
 
 # ---------------------------------------------------------------------------------------------

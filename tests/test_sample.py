@@ -255,12 +255,15 @@ def test_cli_checkpoints_of_other_models_exit_2(checkpoints, tmp_path, capsys):
     wrong_shapes = write_checkpoint(tmp_path / "w.pt", unet_overrides={"base_channels": 16})
     other = save_checkpoint({"model": {"w": torch.zeros(3)}, "config": {"lr": 1}},
                             tmp_path / "other.pt")
+    bad_heads = write_checkpoint(tmp_path / "h.pt", unet_overrides={
+        "attention_resolutions": [14], "num_heads": 3})
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
     empty_dir = tmp_path / "run"
     empty_dir.mkdir()
     for path, message in [(wrong_shapes, "do not fit the U-Net"),
-                          (other, "not a DDPM checkpoint"), (garbage, "refus"),
+                          (other, "not a DDPM checkpoint"), (bad_heads, "not a DDPM checkpoint"),
+                          (garbage, "refus"),
                           (empty_dir, "checkpoint not found")]:
         code, err = run_main(capsys, "--checkpoint", path, "--out", tmp_path / "o.npz")
         assert code == 2 and message in err and "Traceback" not in err, (path, err)
