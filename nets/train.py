@@ -8,6 +8,7 @@ seed report's three figures: ``loss.png``, ``samples.png`` and ``reverse.png``.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
@@ -163,6 +164,7 @@ def config_from_args(argv: list[str] | None) -> tuple[TrainConfig, Path | None]:
     try:
         resumed = TrainConfig(**{**saved["config"], "run_dir": str(run_dir)})
         UNetConfig.from_dict(resumed.unet)
+        check_saved_values(parser, resumed)
     except (TypeError, ValueError, AttributeError) as err:
         cli.fail(f"--resume: the config saved in {run_dir} is not a training config: {err}")
     defaults = parser.parse_args([])
@@ -170,6 +172,25 @@ def config_from_args(argv: list[str] | None) -> tuple[TrainConfig, Path | None]:
         if getattr(args, name) != getattr(defaults, name):
             setattr(resumed, name, getattr(args, name))
     return resumed, run_dir
+
+
+def check_saved_values(parser: cli.Parser, cfg: TrainConfig) -> None:
+    """Check a resumed config with the flags' own parsers: a checkpoint may come from a stranger."""
+    for action in parser._actions:
+        value = getattr(cfg, action.dest, None)
+        if value is None or action.dest == "run_dir" or not action.option_strings:
+            continue
+        try:
+            if action.nargs == 0 and not isinstance(value, bool):  # --conditional, --no-figures
+                raise ValueError("expected true or false")
+            if action.choices is not None and value not in action.choices:
+                raise ValueError(f"expected one of {', '.join(action.choices)}")
+            if action.type is not None:
+                action.type(str(value))
+        except (ValueError, argparse.ArgumentTypeError) as err:
+            raise ValueError(f"{action.option_strings[0]} = {value!r}: {err}") from None
+    if cfg.sample_steps is not None and cfg.sample_steps > cfg.timesteps:
+        raise ValueError(f"--sample-steps {cfg.sample_steps} exceeds --timesteps {cfg.timesteps}")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
