@@ -52,8 +52,9 @@ class SamplesError(ValueError):
 # Inputs
 
 
-def load_samples(path: str | Path) -> tuple[np.ndarray, dict]:
-    """``images`` uint8 (N ≥ 2, 28, 28) and the scalar settings saved beside it by nets.sample."""
+def load_samples(path: str | Path) -> tuple[np.ndarray, dict, np.ndarray | None]:
+    """``images`` uint8 (N ≥ 2, 28, 28), the scalar settings saved beside it by nets.sample, and
+    the requested ``labels`` (N,) of a conditional model's samples (None when absent)."""
     path = Path(path)
     if not path.is_file():
         raise SamplesError(f"no such file: {path}")
@@ -76,6 +77,12 @@ def load_samples(path: str | Path) -> tuple[np.ndarray, dict]:
             images = archive["images"]
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
             raise SamplesError(f"{path}: 'images' cannot be read: {err}") from None
+        labels = None
+        if "labels" in archive.files:
+            try:
+                labels = archive["labels"]
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+                raise SamplesError(f"{path}: 'labels' cannot be read: {err}") from None
         meta = {}
         for key in archive.files:
             if key in ("images", "labels", "trajectory", "trajectory_timesteps"):
@@ -93,7 +100,11 @@ def load_samples(path: str | Path) -> tuple[np.ndarray, dict]:
         raise SamplesError(f"{path}: 'images' must have shape (N, 28, 28), got {images.shape}")
     if len(images) < 2:
         raise SamplesError(f"{path}: need at least 2 images for a covariance, got {len(images)}")
-    return images, meta
+    if labels is not None and (labels.dtype.kind not in "iu" or labels.shape != (len(images),)
+                               or labels.min() < 0 or labels.max() > 9):
+        raise SamplesError(f"{path}: 'labels' must be integers 0-9 of shape ({len(images)},), "
+                           f"got {labels.dtype} {labels.shape}")
+    return images, meta, labels
 
 
 def load_or_train_classifier(path: Path, real_images: np.ndarray, real_labels: np.ndarray,
@@ -142,11 +153,16 @@ class ImageSetMetrics:
     class_entropy: float
     nn_median: float | None
     memorisation_ratio: float | None
+    label_agreement: float | None = None  # share classified as the requested digit
 
 
 def image_set_metrics(images: np.ndarray, model: clf.MnistClassifier, ref: Reference | None,
-                      real_stats: metrics.GaussianStats, device: torch.device) -> ImageSetMetrics:
+                      real_stats: metrics.GaussianStats, device: torch.device,
+                      labels: np.ndarray | None = None) -> ImageSetMetrics:
     out = clf.classify(model, images, device=device)
+    agreement = None
+    if labels is not None:
+        agreement = float(np.mean(out.probs.argmax(1) == labels))
     fd = metrics.frechet_distance_of(metrics.gaussian_statistics(out.features), real_stats)
     cls = metrics.class_statistics(out.probs, CONFIDENCE)
     nn_median = ratio = None
@@ -154,7 +170,7 @@ def image_set_metrics(images: np.ndarray, model: clf.MnistClassifier, ref: Refer
         nn_median = float(np.median(metrics.nearest_neighbour_distances(images, ref.train_images)))
         ratio = nn_median / float(np.median(ref.baseline_nn))
     return ImageSetMetrics(len(images), fd, cls.confident_fraction, cls.mean_confidence,
-                           cls.histogram, cls.entropy, nn_median, ratio)
+                           cls.histogram, cls.entropy, nn_median, ratio, agreement)
 
 
 def make_reference(train_images: np.ndarray, held_out: np.ndarray, seed: int) -> Reference:
@@ -366,10 +382,10 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     device = cli.pick_device(args.device)
 
-    samples, meta = None, {}
+    samples, meta, labels = None, {}, None
     if args.samples is not None:
         try:
-            samples, meta = load_samples(args.samples)
+            samples, meta, labels = load_samples(args.samples)
         except SamplesError as err:
             cli.fail(f"--samples: {err}")
     loaded = None
@@ -393,12 +409,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.calibrate:
         report = calibrate(real.images, real_features, model, args, device)
+        report["classifier"] = {"path": str(classifier_path), **info}
         print_calibration(report)
     else:
-        report = evaluate_samples(samples, meta, real.images, real_features, model, loaded,
-                                  args, device)
+        report = evaluate_samples(samples, meta, labels, real.images, real_features, model,
+                                  loaded, args, device)
+        report["classifier"] = {"path": str(classifier_path), **info}
         print_report(report)
-    report["classifier"] = {"path": str(classifier_path), **info}
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     json_path = args.json
     if json_path is None and args.samples is not None:
@@ -413,15 +430,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def evaluate_samples(samples, meta, real_images, real_features, model, loaded, args, device
-                     ) -> dict:
+def evaluate_samples(samples, meta, labels, real_images, real_features, model, loaded, args,
+                     device) -> dict:
     real_stats = metrics.gaussian_statistics(real_features)
     train, held_out, described = training_images_of(
         real_images, args.split, args.data_dir, loaded.config if loaded else None,
         args.train_images)
     ref = make_reference(train, held_out, args.seed)
     t0 = time.perf_counter()
-    gen = image_set_metrics(samples, model, ref, real_stats, device)
+    gen = image_set_metrics(samples, model, ref, real_stats, device, labels)
     eval_seconds = time.perf_counter() - t0
     # The floor for comparison: a real subset of the samples' size against the other real images.
     rng = np.random.default_rng(args.seed)
@@ -527,6 +544,10 @@ def print_report(report: dict) -> None:
          _fmt(f["nn_median"], ".3f")),
         ("memorisation ratio (samples / real)", _fmt(m["memorisation_ratio"], ".3f"), "1"),
     ]
+    if m.get("label_agreement") is not None:  # real: the classifier's held-out accuracy
+        accuracy = report.get("classifier", {}).get("held_out_accuracy")
+        rows.append(("classified as the requested digit", f"{100 * m['label_agreement']:.1f}%",
+                     "—" if accuracy is None else f"{100 * accuracy:.1f}%"))
     print(f"{'metric':<42}{'samples':>12}{'real':>12}")
     print(f"{'images':<42}{m['count']:>12}{f['count']:>12}")
     for name, a, b in rows:

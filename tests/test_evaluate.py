@@ -274,6 +274,36 @@ def test_missing_classifier_without_training_exits_2_with_the_command(tmp_path, 
     assert code == 2 and "python -m nets.classifier" in out.err
 
 
+def test_real_digits_as_samples_score_like_the_real_floor(tmp_path, capsys, trained_classifier):
+    from conftest import mnist_dir
+
+    from nets.data import load_mnist
+
+    data = load_mnist(mnist_dir(), "test")
+    pick = 5000 + np.random.default_rng(0).choice(5000, 500, replace=False)  # never "trained on"
+    samples = bad_npz(tmp_path, "real.npz", images=data.images[pick],
+                      labels=data.labels[pick].astype(np.int64))
+    code, out = run_main(capsys, "--samples", samples, "--data-dir", mnist_dir(),
+                         "--classifier", trained_classifier[0], "--train-images", "5000",
+                         "--json", tmp_path / "r.json")
+    assert code == 0, out.err
+    report = json.loads((tmp_path / "r.json").read_text())
+    m, floor = report["metrics"], report["real_floor"]
+    assert floor["count"] == 500 and report["memorisation"]["baseline"] == "held-out"
+    # The file is ordered by writer, so half of it is not quite the whole: FD ~2x the floor
+    # (noise and blur score 20x to 300x; docs/evaluation.md).
+    assert m["frechet_distance"] < 4 * floor["frechet_distance"]
+    assert 0.8 < m["memorisation_ratio"] < 1.25
+    assert m["label_agreement"] >= 0.95 and "requested digit" in out.out
+
+
+def test_bad_labels_exit_2(tmp_path, capsys):
+    samples = bad_npz(tmp_path, "l.npz", images=np.zeros((4, 28, 28), np.uint8),
+                      labels=np.array([0, 1, 2, 12]))
+    code, out = run_main(capsys, "--samples", samples)
+    assert code == 2 and "'labels' must be integers 0-9" in out.err
+
+
 @pytest.mark.slow
 def test_cli_train_sample_evaluate_round_trip(tmp_path, real_mnist_dir, trained_classifier):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
