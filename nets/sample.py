@@ -140,14 +140,14 @@ class Progress:
 def generate(model: torch.nn.Module, diffusion: Diffusion, coeffs: DeviceCoefficients, n: int,
              batch_size: int, seed: int, device: torch.device | str = "cpu",
              labels: np.ndarray | None = None, guidance: float | None = None,
-             trajectory: bool = False, clip_x0: bool = True,
-             progress: bool = False) -> Generated:
+             trajectory: bool = False, clip_x0: bool = True, progress: bool = False,
+             autocast_dtype: torch.dtype | None = None, cuda_graph: bool = False) -> Generated:
     """``n`` uint8 images from the reverse chain, ``batch_size`` at a time.
 
     One generator seeded with ``seed`` draws x_T and each step's z, batch after batch.
     ``labels`` (n,) conditions a class-conditional model (``guidance`` w: ε_u + w(ε_c − ε_u),
     None = plain conditional). ``trajectory`` records snapshots of the first batch's first 8
-    chains.
+    chains. ``autocast_dtype`` and ``cuda_graph`` are passed to ``nets.sampling.sample``.
     """
     device = torch.device(device)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -167,7 +167,8 @@ def generate(model: torch.nn.Module, diffusion: Diffusion, coeffs: DeviceCoeffic
             y = torch.as_tensor(labels[start:start + b], dtype=torch.long, device=device)
         record = TRAJECTORY_SNAPSHOTS if trajectory and start == 0 else 0
         result = sample(model, diffusion, coeffs, x_T, noise_fn, y=y, clip_x0=clip_x0,
-                        guidance=guidance, num_snapshots=record)
+                        guidance=guidance, num_snapshots=record, autocast_dtype=autocast_dtype,
+                        cuda_graph=cuda_graph)
         images[start:start + b] = images_to_uint8(result.images)
         if record:
             chains = min(TRAJECTORY_CHAINS, b)
@@ -262,6 +263,10 @@ def build_parser() -> cli.Parser:
     p.add_argument("--batch-size", type=cli.positive_int, default=256, help="images per batch")
     p.add_argument("--seed", type=int, default=0, help="seed of x_T and every step's noise")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
+    p.add_argument("--bf16", action="store_true",
+                   help="run the network under bfloat16 autocast (the update stays float32)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="CUDA only: replay one captured step per batch (same images, faster)")
     p.add_argument("--out", type=Path, default=Path("samples.npz"),
                    help="output: .npz (images + a grid PNG beside it) or .png (grid only)")
     p.add_argument("--trajectory", action="store_true",
@@ -283,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.digit is not None and args.digit != "all" and args.digit not in list("0123456789"):
         parser.error(f"argument --digit: expected 0-9 or all, got {args.digit!r}")
     device = cli.pick_device(args.device)
+    if args.cuda_graph and device.type != "cuda":
+        parser.error(f"argument --cuda-graph: needs a CUDA device, got {device}")
     try:
         loaded = load_model(args.checkpoint, args.weights, device)
     except CheckpointError as err:
@@ -308,12 +315,14 @@ def main(argv: list[str] | None = None) -> int:
           f"sampler: {desc}; device {device}", file=sys.stderr)
     gen = generate(loaded.model, loaded.diffusion, coeffs, args.n, args.batch_size, args.seed,
                    device, labels=labels, guidance=guidance, trajectory=args.trajectory,
-                   progress=args.progress)
+                   progress=args.progress,
+                   autocast_dtype=torch.bfloat16 if args.bf16 else None,
+                   cuda_graph=args.cuda_graph)
     settings = {"sampler": args.sampler, "steps": coeffs.num_steps, "eta": args.eta or 0.0,
                 "variance": args.variance or "posterior", "spacing": args.spacing,
                 "seed": args.seed, "batch_size": args.batch_size, "weights": args.weights,
                 "checkpoint": str(loaded.path), "checkpoint_step": loaded.step,
-                "device": str(device)}
+                "device": str(device), "bf16": args.bf16, "cuda_graph": args.cuda_graph}
     if loaded.conditional:
         settings["guidance"] = 1.0 if guidance is None else guidance
     try:
