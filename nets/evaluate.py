@@ -202,7 +202,7 @@ def make_reference(train_images: np.ndarray, held_out: np.ndarray, seed: int) ->
 class NllResult:
     images: int
     bits_per_dim: float  # mean over images
-    stderr: float  # standard error of that mean over images
+    stderr: float | None  # standard error of that mean over images (None for one image)
     prior_bpd: float  # L_T
     diffusion_bpd: float  # Σ L_{t-1}, t > 1
     decoder_bpd: float  # L_0
@@ -259,7 +259,7 @@ def nll_bits_per_dim(model: Callable, diffusion: Diffusion, images: np.ndarray, 
     bpd = np.concatenate(per_image)
     n = len(bpd)
     return NllResult(n, float(bpd.mean()), float(bpd.std(ddof=1) / math.sqrt(n)) if n > 1 else
-                     float("nan"), *(float(p / n) for p in parts), time.perf_counter() - t0)
+                     None, *(float(p / n) for p in parts), time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -558,7 +558,7 @@ def print_report(report: dict) -> None:
           f"({mem['baseline_count']} images)")
     if "nll" in report:
         n = report["nll"]
-        print(f"NLL: {n['bits_per_dim']:.3f} ± {n['stderr']:.3f} bits/dim on {n['images']} "
+        print(f"NLL: {n['bits_per_dim']:.3f} ± {_fmt(n['stderr'], '.3f')} bits/dim on {n['images']} "
               f"{n['which']} real images (L_T {n['prior_bpd']:.4f}, Σ L_t-1 "
               f"{n['diffusion_bpd']:.3f}, L_0 {n['decoder_bpd']:.3f}; {n['seconds']:.1f}s)")
     if "images_per_second" in s:
