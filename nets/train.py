@@ -359,10 +359,10 @@ def main(argv: list[str] | None = None) -> int:
                 if save_now:  # only ever after every loss since the last save was checked
                     try:
                         save_checkpoint(checkpoint_state(), run_dir / "checkpoint.pt")
-                    except (CheckpointError, OSError) as err:  # NaN weights, disk full
-                        progress.close()
-                        cli.fail(f"step {step}: {err}; the last good checkpoint in {run_dir} is "
-                                 f"kept", code=1)
+                    except (CheckpointError, OSError, RuntimeError) as err:  # NaN weights, full disk
+                        progress.close()  # (torch's zip writer may turn a failed write into RuntimeError)
+                        cli.fail(f"step {step}: cannot save a checkpoint: {str(err).splitlines()[0]}; "
+                                 f"the last good checkpoint in {run_dir} is kept", code=1)
             if signum:
                 progress.close()
                 print(f"interrupted at step {step}: checkpoint saved; continue with "
