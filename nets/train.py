@@ -66,7 +66,7 @@ class TrainConfig:
 
 # Flags that may change when a run is resumed (to extend it or move it); all others are fixed.
 RESUMABLE_OVERRIDES = ("epochs", "max_steps", "max_minutes", "device", "compile",
-                       "checkpoint_every", "log_every", "figures")
+                       "checkpoint_every", "log_every", "figures", "num_samples", "sample_steps")
 
 
 def build_parser() -> cli.Parser:
