@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 import diffusion_core as core
-from nets import cli
+from nets import cli, distributed
 from nets.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from nets.diffusion import Diffusion
 from nets.unet import UNet, UNetConfig
@@ -62,11 +62,14 @@ class TrainConfig:
     num_samples: int = 64
     sample_steps: int | None = None
     figures: bool = True
+    dist_timeout: float = 300.0
+    world_size: int = 1  # processes that trained it (torchrun's WORLD_SIZE), not a flag
 
 
 # Flags that may change when a run is resumed (to extend it or move it); all others are fixed.
 RESUMABLE_OVERRIDES = ("epochs", "max_steps", "max_minutes", "device", "compile",
-                       "checkpoint_every", "log_every", "figures", "num_samples", "sample_steps")
+                       "checkpoint_every", "log_every", "figures", "num_samples", "sample_steps",
+                       "dist_timeout")
 
 
 def build_parser() -> cli.Parser:
@@ -83,7 +86,9 @@ def build_parser() -> cli.Parser:
                    help="train exactly this many optimizer steps (instead of --epochs)")
     p.add_argument("--max-minutes", type=cli.positive_float,
                    help="stop training after this much wall time (figures are made after)")
-    p.add_argument("--batch-size", type=cli.positive_int, default=d.batch_size, help="images per step")
+    p.add_argument("--batch-size", type=cli.positive_int, default=d.batch_size,
+                   help="images per step and process (under torchrun the global batch is this "
+                   "times the number of processes)")
     p.add_argument("--lr", type=cli.float_in(0, 1e30), default=d.lr,  # above, AdamW's step overflows
                    help="AdamW peak learning rate")
     p.add_argument("--warmup-steps", type=cli.int_at_least(0), default=d.warmup_steps,
@@ -117,6 +122,8 @@ def build_parser() -> cli.Parser:
                    help="seed of every random draw")
     p.add_argument("--device", default=d.device, help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--dist-timeout", type=cli.positive_float, default=d.dist_timeout,
+                   help="under torchrun: seconds a process waits for the others before the job fails")
     p.add_argument("--run-dir", help="output folder (default runs/<timestamp>)")
     p.add_argument("--resume", type=cli.existing_path, help="continue the run in this directory")
     p.add_argument("--checkpoint-every", type=cli.positive_int, default=d.checkpoint_every,
@@ -212,11 +219,14 @@ def epoch_permutation(seed: int, epoch: int, n: int, device: torch.device) -> to
 class Progress:
     """A one-line progress bar on stderr: step, loss, images/s and ETA."""
 
-    def __init__(self, total: int, start: int):
+    def __init__(self, total: int, start: int, enabled: bool = True):
         self.total, self.start_step, self.t0 = total, start, time.perf_counter()
-        self.tty = sys.stderr.isatty()
+        self.enabled = enabled  # False on every rank but 0
+        self.tty = enabled and sys.stderr.isatty()
 
     def update(self, step: int, loss: float, batch: int) -> None:
+        if not self.enabled:
+            return
         elapsed = time.perf_counter() - self.t0
         rate = (step - self.start_step) / max(elapsed, 1e-9)
         eta = (self.total - step) / max(rate, 1e-9)
@@ -237,10 +247,20 @@ def main(argv: list[str] | None = None) -> int:
         cli.fail(f"--run-dir: {cfg.run_dir} already holds a run's checkpoint.pt; continue it with "
                  f"--resume {cfg.run_dir} or choose another --run-dir")
     device = cli.pick_device(cfg.device)
-    run_dir = cli.ensure_writable_dir(Path(cfg.run_dir), "--run-dir")
-    print(json.dumps(asdict(cfg), indent=1))
-    (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
-    torch.manual_seed(cfg.seed)
+    world = distributed.setup(device, cfg.dist_timeout)  # one process unless torchrun started several
+    device = world.device  # under torchrun on CUDA: cuda:LOCAL_RANK
+    if resume_dir is not None and cfg.world_size != world.size:  # keep the run's global batch
+        try:
+            cfg.batch_size = distributed.per_rank_batch(cfg.batch_size, cfg.world_size, world.size)
+        except ValueError as err:
+            cli.fail(f"--resume: {err}")
+    cfg.world_size = world.size
+    run_dir = Path(cfg.run_dir)
+    if world.is_main:  # rank 0 alone prints the config and writes files
+        run_dir = cli.ensure_writable_dir(run_dir, "--run-dir")
+        print(json.dumps(asdict(cfg), indent=1))
+        (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -248,21 +268,28 @@ def main(argv: list[str] | None = None) -> int:
     # ---- data: the whole split as one tensor on the device -------------------------------------
     from nets import data as mnist
     try:
-        arrays = mnist.load_mnist(cfg.data_dir or mnist.default_data_dir(), cfg.split)
+        with world.local_main_first():  # one download per machine
+            arrays = mnist.load_mnist(cfg.data_dir or mnist.default_data_dir(), cfg.split)
     except (mnist.MnistUnavailableError, mnist.MnistFormatError) as err:
         cli.fail(str(err))
     images, labels = arrays.images, arrays.labels
     if cfg.limit:
         images, labels = images[: cfg.limit], labels[: cfg.limit]
     n = len(images)
-    if cfg.batch_size > n:
-        cli.fail(f"--batch-size {cfg.batch_size} exceeds the {n} training images")
+    global_batch = cfg.batch_size * world.size  # per step; each rank trains on cfg.batch_size of it
+    if global_batch > n:
+        cli.fail(f"--batch-size {cfg.batch_size}" + (f" × {world.size} processes" if world.size > 1 else "")
+                 + f" exceeds the {n} training images")
     data = mnist.to_training_tensor(images, device)  # (N, 1, 28, 28) in [-1, 1]
     targets = torch.as_tensor(np.asarray(labels, dtype=np.int64), device=device)
-    steps_per_epoch = n // cfg.batch_size
+    steps_per_epoch = n // global_batch
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
-    print(f"data: {n} images ({cfg.split}), {steps_per_epoch} steps/epoch, {total_steps} steps, "
-          f"device {device}", file=sys.stderr)
+    if world.is_main:
+        print(f"data: {n} images ({cfg.split}), {steps_per_epoch} steps/epoch, {total_steps} steps, "
+              f"device {device}", file=sys.stderr)
+        print(f"batch: {global_batch} images per step = {cfg.batch_size} per process × {world.size} "
+              f"process{'es' if world.size > 1 else ''}; peak lr {cfg.lr:g}, never scaled with the batch",
+              file=sys.stderr)
 
     # ---- model, diffusion, optimizer -----------------------------------------------------------
     schedule = core.DiffusionSchedule.from_betas(core.make_betas(cfg.schedule, cfg.timesteps))
@@ -271,10 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     ema = UNet(UNetConfig.from_dict(cfg.unet)).to(device)
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False)
-    print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters", file=sys.stderr)
+    if world.is_main:
+        print(f"model: {sum(p.numel() for p in model.parameters()):,} parameters", file=sys.stderr)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   fused=device.type == "cuda")
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)  # t, ε and label-dropout draws
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)  # t, ε and label dropout, same on all ranks
     step = 0
     if resume_dir is not None:
         try:
@@ -290,8 +318,12 @@ def main(argv: list[str] | None = None) -> int:
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
             cli.fail(f"--resume: {resume_dir} is not a complete training checkpoint: "
                      f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
-        print(f"resumed from step {step}", file=sys.stderr)
-    forward = torch.compile(model) if cfg.compile else model
+        if world.is_main:
+            print(f"resumed from step {step}", file=sys.stderr)
+    if world.size > 1:  # dropout masks: each rank its own stream, or all ranks would share them
+        torch.manual_seed(distributed.rank_seed(cfg.seed, world.rank, step))
+    forward = world.wrap(model)  # DistributedDataParallel under torchrun
+    forward = torch.compile(forward) if cfg.compile else forward
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else contextlib.nullcontext())
 
@@ -302,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- the loop ------------------------------------------------------------------------------
     metrics_path = run_dir / "metrics.jsonl"
-    write_metrics(metrics_path, read_metrics(metrics_path, upto=step))  # drop rows after the checkpoint
+    if world.is_main:
+        write_metrics(metrics_path, read_metrics(metrics_path, upto=step))  # drop rows after the checkpoint
     stop = {"signal": None}
 
     def on_signal(signum, _frame):
@@ -312,20 +345,23 @@ def main(argv: list[str] | None = None) -> int:
     # Losses since the last flush; slot i holds step logged_to + i, so a run resumed at any step
     # (not only a multiple of --log-every) logs and checks the right values.
     loss_buf = torch.zeros(max(1, min(cfg.log_every, total_steps)), device=device)
-    progress, t_start, logged_to = Progress(total_steps, step), time.perf_counter(), step
+    progress, t_start, logged_to = Progress(total_steps, step, world.is_main), time.perf_counter(), step
     perm = None
+    rows = world.shard(global_batch)  # this rank's rows of every global batch
     try:
         while step < total_steps:
             epoch, pos = divmod(step, steps_per_epoch)
             if perm is None or pos == 0:
                 perm = epoch_permutation(cfg.seed, epoch, n, device)
-            idx = perm[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
-            x0 = data[idx]  # (B, 1, 28, 28)
-            t = torch.randint(0, cfg.timesteps, (cfg.batch_size,), generator=gen, device=device)
-            noise = torch.randn(x0.shape, generator=gen, device=device)
+            # Every rank draws the whole global batch (data order, t, ε, label dropout) and keeps its
+            # rows: the ranks together train on exactly the batch that one process would.
+            idx = perm[pos * global_batch:(pos + 1) * global_batch][rows]
+            x0 = data[idx]  # (B, 1, 28, 28), B = cfg.batch_size
+            t = torch.randint(0, cfg.timesteps, (global_batch,), generator=gen, device=device)[rows]
+            noise = torch.randn((global_batch, *x0.shape[1:]), generator=gen, device=device)[rows]
             y = None
             if cfg.conditional:  # classifier-free guidance: drop labels to "no label"
-                drop = torch.rand(cfg.batch_size, generator=gen, device=device) < cfg.label_dropout
+                drop = torch.rand(global_batch, generator=gen, device=device)[rows] < cfg.label_dropout
                 y = torch.where(drop, torch.full_like(targets[idx], 10), targets[idx])
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
@@ -342,21 +378,29 @@ def main(argv: list[str] | None = None) -> int:
             step += 1
             signum = stop["signal"]  # read once: a signal landing after this waits one more step
             timed_out = cfg.max_minutes and time.perf_counter() - t_start > 60 * cfg.max_minutes
+            if world.size > 1:  # ranks must stop at one step: they agree at the steps where all log
+                at_log = step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == total_steps
+                signum, timed_out = world.agree_to_stop(signum, timed_out) if at_log else (None, False)
             save_now = step % cfg.checkpoint_every == 0 or step == total_steps or signum or timed_out
             if save_now or step % cfg.log_every == 0:
-                losses = loss_buf[: step - logged_to].tolist()  # the only host sync
+                losses = world.mean(loss_buf[: step - logged_to]).tolist()  # the only host sync
                 new = [{"step": s + 1, "epoch": s // steps_per_epoch, "loss": v,
                         "lr": lr_at(s, cfg)} for s, v in zip(range(logged_to, step), losses, strict=True)]
                 bad = [r for r in new if not math.isfinite(r["loss"])]
                 if bad:
                     progress.close()
+                    if not world.is_main:
+                        raise SystemExit(1)  # every rank saw the same losses; rank 0 says why
                     cli.fail(f"non-finite loss {bad[0]['loss']} at step {bad[0]['step']}; the last "
                              f"good checkpoint in {run_dir} is kept", code=1)
-                with metrics_path.open("a") as f:
-                    f.writelines(json.dumps(r) + "\n" for r in new)
+                if world.is_main:
+                    with metrics_path.open("a") as f:
+                        f.writelines(json.dumps(r) + "\n" for r in new)
                 logged_to = step
-                progress.update(step, losses[-1], cfg.batch_size)
-                if save_now:  # only ever after every loss since the last save was checked
+                progress.update(step, losses[-1], global_batch)
+                if save_now:  # every rank: a checkpoint holds the weights that all ranks hold
+                    world.check_replicas_agree({"model": model, "ema": ema})
+                if save_now and world.is_main:  # only ever after every loss since the last save was checked
                     try:
                         save_checkpoint(checkpoint_state(), run_dir / "checkpoint.pt")
                     except (CheckpointError, OSError, RuntimeError) as err:  # NaN weights, full disk
@@ -365,8 +409,10 @@ def main(argv: list[str] | None = None) -> int:
                                  f"the last good checkpoint in {run_dir} is kept", code=1)
             if signum:
                 progress.close()
-                print(f"interrupted at step {step}: checkpoint saved; continue with "
-                      f"--resume {run_dir}", file=sys.stderr)
+                world.barrier()  # no rank exits (and so gets the job stopped) before rank 0 has saved
+                if world.is_main:
+                    print(f"interrupted at step {step}: checkpoint saved; continue with "
+                          f"--resume {run_dir}", file=sys.stderr)
                 return SIGNAL_EXIT_CODES[signum]
             if timed_out:
                 break
@@ -375,10 +421,11 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(s, handler)
     progress.close()
     train_seconds = time.perf_counter() - t_start
-    print(f"trained to step {step} in {train_seconds:.1f}s", file=sys.stderr)
+    if world.is_main:
+        print(f"trained to step {step} in {train_seconds:.1f}s", file=sys.stderr)
 
     # ---- figures -------------------------------------------------------------------------------
-    if cfg.figures:
+    if cfg.figures and world.is_main:
         make_figures(cfg, run_dir, ema, diffusion, device)
     return 0
 
@@ -436,4 +483,4 @@ def make_figures(cfg: TrainConfig, run_dir: Path, ema: UNet, diffusion: Diffusio
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(distributed.run(main))
