@@ -63,19 +63,24 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     return path
 
 
+def safe_load(path: Path, map_location: str | torch.device = "cpu", what: str = "checkpoint"):
+    """``torch.load(weights_only=True)`` of a file; any failure is a one-line CheckpointError."""
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{what} {path} is empty")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{what} {path} holds objects that a safe load refuses (it may try to run "
+            f"code); refusing it: {_reason(err)}") from None
+    except Exception as err:  # torch.load raises many types on damaged bytes (KeyError, ...)
+        raise CheckpointError(f"{what} {path} is not readable: {_reason(err)}") from None
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint safely (``weights_only=True``); any failure is a CheckpointError."""
     path = resolve_checkpoint(path)
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"checkpoint {path} holds objects that a safe load refuses (it may try to run "
-            f"code); refusing it: {_reason(err)}") from None
-    except Exception as err:  # torch.load raises many types on damaged bytes (KeyError, ...)
-        raise CheckpointError(f"checkpoint {path} is not readable: {_reason(err)}") from None
+    state = safe_load(path, map_location)
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{path} is not a ddpm checkpoint (no model weights and config)")
     return state

@@ -13,7 +13,6 @@ uint8 images (N, 28, 28), 0 = black, 255 = white, scaled to [0, 1] inside.
 from __future__ import annotations
 
 import os
-import pickle
 import sys
 import time
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nets import cli
-from nets.checkpoint import save_checkpoint
+from nets.checkpoint import CheckpointError, safe_load, save_checkpoint
 
 KIND = "mnist-classifier"
 FEATURE_DIM = 128
@@ -166,15 +165,10 @@ def load_classifier(path: str | os.PathLike, device: torch.device | str = "cpu"
     path = Path(path)
     if not path.is_file():
         raise ClassifierError(f"classifier not found: {path}")
-    if path.stat().st_size == 0:
-        raise ClassifierError(f"classifier file {path} is empty")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ClassifierError(f"classifier {path} holds objects a safe load refuses: "
-                              f"{str(err).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise ClassifierError(f"classifier {path} is not readable: {err}") from None
+        state = safe_load(path, what="classifier")
+    except CheckpointError as err:
+        raise ClassifierError(str(err)) from None
     if not isinstance(state, dict) or state.get("kind") != KIND:
         raise ClassifierError(f"{path} is not an MNIST classifier file written by "
                               f"`python -m nets.classifier`")

@@ -339,3 +339,12 @@ def test_cli_train_sample_evaluate_round_trip(tmp_path, real_mnist_dir, trained_
     assert nll["images"] == 4 and nll["which"] == "held-out" and nll["timesteps"] == 50
     assert 0 < nll["bits_per_dim"] < 16
     assert report["samples"]["sampler"] == "ddpm" and report["samples"]["images_per_second"] > 0
+
+
+def test_a_text_file_as_classifier_is_a_classifier_error(tmp_path):
+    from nets.classifier import ClassifierError, load_classifier
+
+    path = tmp_path / "classifier.pt"
+    path.write_text("not a torch file\n" * 20)
+    with pytest.raises(ClassifierError, match="not readable"):
+        load_classifier(path)
