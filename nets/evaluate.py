@@ -154,15 +154,19 @@ class ImageSetMetrics:
     nn_median: float | None
     memorisation_ratio: float | None
     label_agreement: float | None = None  # share classified as the requested digit
+    label_agreement_per_digit: list[float] | None = None  # the same, for each requested digit 0-9
 
 
 def image_set_metrics(images: np.ndarray, model: clf.MnistClassifier, ref: Reference | None,
                       real_stats: metrics.GaussianStats, device: torch.device,
                       labels: np.ndarray | None = None) -> ImageSetMetrics:
     out = clf.classify(model, images, device=device)
-    agreement = None
+    agreement = per_digit = None
     if labels is not None:
-        agreement = float(np.mean(out.probs.argmax(1) == labels))
+        hit = out.probs.argmax(1) == labels
+        agreement = float(np.mean(hit))
+        per_digit = [float(np.mean(hit[labels == d])) if np.any(labels == d) else float("nan")
+                     for d in range(10)]
     fd = metrics.frechet_distance_of(metrics.gaussian_statistics(out.features), real_stats)
     cls = metrics.class_statistics(out.probs, CONFIDENCE)
     nn_median = ratio = None
@@ -170,7 +174,7 @@ def image_set_metrics(images: np.ndarray, model: clf.MnistClassifier, ref: Refer
         nn_median = float(np.median(metrics.nearest_neighbour_distances(images, ref.train_images)))
         ratio = nn_median / float(np.median(ref.baseline_nn))
     return ImageSetMetrics(len(images), fd, cls.confident_fraction, cls.mean_confidence,
-                           cls.histogram, cls.entropy, nn_median, ratio, agreement)
+                           cls.histogram, cls.entropy, nn_median, ratio, agreement, per_digit)
 
 
 def make_reference(train_images: np.ndarray, held_out: np.ndarray, seed: int) -> Reference:
@@ -548,6 +552,8 @@ def print_report(report: dict) -> None:
         accuracy = report.get("classifier", {}).get("held_out_accuracy")
         rows.append(("classified as the requested digit", f"{100 * m['label_agreement']:.1f}%",
                      "—" if accuracy is None else f"{100 * accuracy:.1f}%"))
+        rows += [(f"  requested digit {d}", f"{100 * a:.1f}%", "")
+                 for d, a in enumerate(m["label_agreement_per_digit"]) if a == a]
     print(f"{'metric':<42}{'samples':>12}{'real':>12}")
     print(f"{'images':<42}{m['count']:>12}{f['count']:>12}")
     for name, a, b in rows:
