@@ -295,6 +295,10 @@ def test_real_digits_as_samples_score_like_the_real_floor(tmp_path, capsys, trai
     assert m["frechet_distance"] < 4 * floor["frechet_distance"]
     assert 0.8 < m["memorisation_ratio"] < 1.25
     assert m["label_agreement"] >= 0.95 and "requested digit" in out.out
+    per_digit = m["label_agreement_per_digit"]
+    assert len(per_digit) == 10 and min(per_digit) >= 0.85 and "requested digit 7" in out.out
+    counts = np.bincount(data.labels[pick], minlength=10)  # the overall share is their weighted mean
+    assert np.isclose(np.dot(per_digit, counts) / counts.sum(), m["label_agreement"])
 
 
 def test_bad_labels_exit_2(tmp_path, capsys):
