@@ -1,0 +1,143 @@
+"""Speed never changes the math: the fast sampler paths against slower references, and the two
+benchmark scripts end to end on a tiny model (seconds, not minutes)."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import diffusion_core as core
+from nets.diffusion import Diffusion
+from nets.sampling import DeviceCoefficients, make_coefficients, sample
+from nets.unet import UNet, UNetConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # benchmarks/ is run from the checkout, not installed
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import sample_speed, train_speed  # noqa: E402
+from benchmarks.naive import naive_sample  # noqa: E402
+
+SCHEDULE = core.DiffusionSchedule.from_betas(core.linear_betas(20))
+TINY = ["--base-channels", "8", "--channel-mults", "1,2"]
+CHAINS = [("ddpm", None, 0.0), ("ddim", 6, 0.0), ("ddim", 6, 0.5)]
+
+
+
+
+def tiny_unet(seed: int = 0) -> UNet:
+    """A small U-Net with every weight random (the default zero-initialised output is all 0)."""
+    torch.manual_seed(seed)
+    model = UNet(UNetConfig(base_channels=8, channel_mults=(1, 2), attention_resolutions=(14,)))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.1)
+    return model.eval()
+
+
+def fixed_noise(steps: int, shape, seed: int = 1, device="cpu") -> list[torch.Tensor]:
+    gen = torch.Generator(device=device).manual_seed(seed)
+    return [torch.randn(shape, generator=gen, device=device) for _ in range(steps)]
+
+
+class TanhNet(nn.Module):
+    """A network with a closed form: output = tanh(x)·(t+1)/T, to run the chain in NumPy too."""
+
+    def forward(self, x, t):
+        return torch.tanh(x) * ((t + 1).to(x.dtype) / SCHEDULE.num_timesteps)[:, None, None, None]
+
+
+@pytest.mark.parametrize("sampler,steps,eta,objective", [(*c, "eps") for c in CHAINS] + [
+    ("ddpm", None, 0.0, "v")])
+def test_optimised_sampler_gives_the_naive_samplers_images(sampler, steps, eta, objective):
+    model, x_T = tiny_unet(), torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    coeffs = make_coefficients(SCHEDULE, sampler, steps, eta=eta)
+    z = fixed_noise(len(coeffs.timesteps), x_T.shape)
+    fast = sample(model, Diffusion(SCHEDULE, objective), DeviceCoefficients(coeffs), x_T,
+                  lambda k, like: z[k]).images
+    slow = naive_sample(model, SCHEDULE, sampler, steps, x_T, lambda k, like: z[k], objective, eta)
+    assert fast.dtype == slow.dtype == torch.float32 and fast.shape == slow.shape == x_T.shape
+    assert fast.abs().max() > 0.1  # a real chain, not the zero output of an untrained net
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler,steps,eta", CHAINS)
+def test_float64_sample_equals_chained_core_reverse_steps(sampler, steps, eta):
+    coeffs = make_coefficients(SCHEDULE, sampler, steps, eta=eta)
+    rng = np.random.default_rng(3)
+    x_T = rng.standard_normal((2, 1, 4, 4))
+    z = rng.standard_normal((len(coeffs.timesteps), 2, 1, 4, 4))
+    ours = sample(TanhNet(), Diffusion(SCHEDULE), DeviceCoefficients(coeffs), torch.from_numpy(x_T),
+                  lambda k, like: torch.from_numpy(z[k])).images
+    x = x_T
+    for k, t in enumerate(coeffs.timesteps):
+        output = np.tanh(x) * (t + 1) / SCHEDULE.num_timesteps
+        x = core.reverse_step(coeffs, k, x, output, z[k]).x_prev
+    assert ours.dtype == torch.float64
+    np.testing.assert_allclose(ours.numpy(), x, rtol=0, atol=1e-12)
+
+
+def test_cuda_graph_needs_cuda_tensors():
+    coeffs = DeviceCoefficients(make_coefficients(SCHEDULE, "ddim", 4))
+    with pytest.raises(ValueError, match="cuda_graph=True needs CUDA"):
+        sample(TanhNet(), Diffusion(SCHEDULE), coeffs, torch.zeros(1, 1, 4, 4),
+               lambda k, like: torch.zeros_like(like), cuda_graph=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device; this "
+                    "machine has none (the test runs wherever torch.cuda.is_available())")
+@pytest.mark.parametrize("sampler,steps,eta", CHAINS)
+@pytest.mark.parametrize("autocast_dtype", [None, torch.bfloat16])
+def test_cuda_graph_and_eager_give_the_same_images_for_a_seed(sampler, steps, eta, autocast_dtype):
+    device = torch.device("cuda")
+    model, diffusion = tiny_unet().to(device), Diffusion(SCHEDULE).to(device)
+    coeffs = DeviceCoefficients(make_coefficients(SCHEDULE, sampler, steps, eta=eta)).to(device)
+    runs, states = [], []
+    for graph in (False, True):
+        gen = torch.Generator(device=device).manual_seed(7)
+        x_T = torch.randn((5, 1, 28, 28), generator=gen, device=device)
+        runs.append(sample(model, diffusion, coeffs, x_T,
+                           lambda k, like, gen=gen: torch.randn(like.shape, generator=gen, device=device),
+                           num_snapshots=3, autocast_dtype=autocast_dtype, cuda_graph=graph))
+        states.append(gen.get_state())
+    eager, graphed = runs
+    torch.testing.assert_close(graphed.images, eager.images, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(graphed.snapshots, eager.snapshots, rtol=1e-6, atol=1e-6)
+    assert torch.equal(states[0], states[1])  # the same draws from the generator
+
+
+def test_train_speed_runs_tiny_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "train.json"
+    train_speed.main([*TINY, "--quick", "--batch-sizes", "4", "--repeats", "2", "--warmup", "0",
+                      "--data-dir", str(tmp_path), "--json", str(out)])
+    table = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    rows = {r["variant"]: r for r in result["results"]}
+    assert list(rows) == ["naive", "project fp32", "project fp32 cl", "naive input", "project input"]
+    assert "x naive" in table and result["data"].startswith("random uint8")  # no MNIST in tmp_path
+    for row in rows.values():
+        assert row["images_per_s"] > 0 and row["speedup_vs_naive"] > 0
+    for name in ("naive", "project fp32", "project fp32 cl"):
+        assert rows[name]["flops_per_image"] == result["flops_per_image"] > 0
+        assert rows[name]["fraction_of_peak"] > 0
+    assert rows["project fp32 cl"]["speedup_vs_contiguous"] > 0
+    assert rows["naive"]["speedup_vs_naive"] == 1.0 and result["peaks"]["fp32"]["flops_per_s"] > 0
+
+
+def test_sample_speed_runs_tiny_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "sample.json"
+    sample_speed.main([*TINY, "--quick", "--timesteps", "20", "--steps", "6", "--batch-sizes", "3",
+                       "--repeats", "2", "--warmup", "0", "--json", str(out)])
+    capsys.readouterr()
+    result = json.loads(out.read_text())
+    rows = {(r["sampler"], r["variant"]): r for r in result["results"]}
+    assert set(rows) == {(s, v) for s in ("ddpm-6", "ddim-6")
+                         for v in ("naive", "project fp32", "network fp32", "stub fp32")}
+    project = rows["ddpm-6", "project fp32"]
+    assert project["window"] == 2 and project["images_per_s"] > 0
+    assert project["flops_per_image"] == 6 * result["flops_per_image_per_call"]
+    assert project["overhead"] < 1 and 0 < project["overhead_stub"]
