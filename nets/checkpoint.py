@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -23,8 +25,7 @@ class CheckpointError(ValueError):
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     """Write ``state`` to ``path`` so that a crash at any moment leaves the old file intact.
 
-    The bytes go to a temporary file in the same directory, are flushed and fsync'ed, and then
-    renamed over ``path`` (``os.replace`` is atomic on POSIX); the directory is fsync'ed too.
+    The bytes go through :func:`atomic_write` (temporary file, fsync, rename).
     Raises CheckpointError, writing nothing, when the model or EMA weights hold a NaN or inf.
     """
     path = Path(path)
@@ -34,11 +35,19 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
         if bad:
             raise CheckpointError(f"refusing to write {path}: non-finite values in the {key} "
                                   f"weights ({_some(bad)})")
+    return atomic_write(path, lambda f: torch.save({**state, "format_version": FORMAT_VERSION}, f))
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it and rename it over
+    ``path`` (``os.replace`` is atomic on POSIX), then fsync the directory: a crash at any moment
+    leaves either the old file or the new one, never a torn one. A failed write leaves nothing."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save({**state, "format_version": FORMAT_VERSION}, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

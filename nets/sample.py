@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch
 
 import diffusion_core as core
 from nets import cli
-from nets.checkpoint import CheckpointError, load_checkpoint
+from nets.checkpoint import CheckpointError, atomic_write, load_checkpoint
 from nets.data import images_to_uint8
 from nets.diffusion import Diffusion
 from nets.sampling import DeviceCoefficients, make_coefficients, sample
@@ -192,19 +191,8 @@ def class_labels(n: int, digit: str) -> np.ndarray:
 
 
 def save_npz_atomic(path: Path, **arrays) -> Path:
-    """``np.savez`` to a temporary file beside ``path``, then renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """``np.savez`` through :func:`nets.checkpoint.atomic_write`: never a torn .npz."""
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def write_outputs(out: Path, gen: Generated, settings: dict) -> list[Path]:

@@ -12,7 +12,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import signal
 import sys
 import time
@@ -24,7 +23,7 @@ import torch
 
 import diffusion_core as core
 from nets import cli, distributed
-from nets.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from nets.checkpoint import CheckpointError, atomic_write, load_checkpoint, load_weights, save_checkpoint
 from nets.diffusion import Diffusion
 from nets.unet import UNet, UNetConfig
 
@@ -441,12 +440,7 @@ def read_metrics(path: Path, upto: int | None = None) -> list[dict]:
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
     """Replace metrics.jsonl atomically (temp file, fsync, rename): a kill mid-way loses no rows."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
 
 
 def make_figures(cfg: TrainConfig, run_dir: Path, ema: UNet, diffusion: Diffusion,

@@ -4,7 +4,13 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, settings
+
+# One thread everywhere, children included: on a loaded 2-core machine two spinning OpenMP threads
+# run the tests' tiny convolutions 10-30x slower, and two child processes would oversubscribe.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 # Deterministic by default so a failure reproduces; `ci` trades examples for time on 2 cores.
 settings.register_profile(
@@ -34,3 +40,12 @@ def real_mnist_dir() -> Path:
         pytest.skip("real MNIST test split not found: set DDPM_MNIST_DIR to a folder holding "
                     "t10k-images-idx3-ubyte(.gz) and t10k-labels-idx1-ubyte(.gz)")
     return path
+
+
+@pytest.fixture(scope="session")
+def mnist() -> str:
+    """``real_mnist_dir`` as a string, for module- and session-scoped fixtures."""
+    path = mnist_dir()
+    if path is None:
+        pytest.skip("real MNIST test split not found: set DDPM_MNIST_DIR")
+    return str(path)

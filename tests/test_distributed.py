@@ -24,7 +24,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import mnist_dir
 
 from nets import distributed, train
 from nets.checkpoint import load_checkpoint
@@ -41,20 +40,8 @@ STEPS = 6
 WEIGHT_ATOL = 2e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def mnist():
-    path = mnist_dir()
-    if path is None:
-        pytest.skip("real MNIST test split not found: set DDPM_MNIST_DIR")
-    return str(path)
 
 
 def one_process(*argv) -> str:

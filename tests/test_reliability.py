@@ -25,7 +25,6 @@ import time
 
 import pytest
 import torch
-from conftest import mnist_dir
 
 from nets import train
 from nets.checkpoint import load_checkpoint
@@ -37,20 +36,8 @@ STEPS = 4 * STEPS_PER_EPOCH
 KILLS = 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def mnist():
-    path = mnist_dir()
-    if path is None:
-        pytest.skip("real MNIST test split not found: set DDPM_MNIST_DIR")
-    return str(path)
 
 
 def run_in_process(*argv) -> tuple[int, str]:

@@ -25,13 +25,6 @@ from nets.unet import UNet, UNetConfig
 MU, S = 0.3, 0.2  # the data distribution N(μ, s²) of every pixel
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: on a shared 2-core machine two spinning OpenMP threads run ~30x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class GaussianEpsOracle(nn.Module):
