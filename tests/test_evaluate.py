@@ -340,5 +340,5 @@ def test_a_text_file_as_classifier_is_a_classifier_error(tmp_path):
 
     path = tmp_path / "classifier.pt"
     path.write_text("not a torch file\n" * 20)
-    with pytest.raises(ClassifierError, match=r"classifier \S+classifier\.pt (is not readable|holds objects)"):
+    with pytest.raises(ClassifierError, match=r"classifier \S+\.pt (is not readable|holds objects)"):
         load_classifier(path)

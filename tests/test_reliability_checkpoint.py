@@ -5,9 +5,7 @@ The malicious checkpoint is real: its pickle holds an object whose ``__reduce__`
 file for writing, and a control test shows that an unsafe ``torch.load`` really creates it.
 """
 
-import contextlib
 import importlib.util
-import io
 import os
 import subprocess
 import sys
@@ -15,8 +13,8 @@ import sys
 import pytest
 import torch
 from conftest import mnist_dir
+from test_reliability import run_in_process
 
-from nets import train
 from nets.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from nets.unet import UNet, UNetConfig
 
@@ -41,14 +39,6 @@ def write_malicious(path, marker, fmt: str) -> None:
     torch.save(state, path, _use_new_zipfile_serialization=fmt == "torch-zip")
 
 
-def run_in_process(*argv) -> tuple[int, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-        try:
-            code = train.main([str(a) for a in argv])
-        except SystemExit as exit_:
-            code = exit_.code
-    return code, err.getvalue()
 
 
 def run_module(module: str, *argv) -> subprocess.CompletedProcess:
