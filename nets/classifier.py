@@ -25,6 +25,7 @@ from torch import nn
 
 from nets import cli
 from nets.checkpoint import CheckpointError, safe_load, save_checkpoint
+from nets.data import user_cache_dir
 
 KIND = "mnist-classifier"
 FEATURE_DIM = 128
@@ -40,9 +41,7 @@ def default_classifier_path() -> Path:
     explicit = os.environ.get(CLASSIFIER_ENV)
     if explicit:
         return Path(explicit).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME", "")
-    base = Path(cache) if cache and Path(cache).is_absolute() else Path.home() / ".cache"
-    return base / "ddpm" / "classifier.pt"
+    return user_cache_dir() / "classifier.pt"
 
 
 class MnistClassifier(nn.Module):

@@ -474,9 +474,14 @@ def default_data_dir() -> Path:
     explicit = os.environ.get(DATA_DIR_ENV)
     if explicit:
         return Path(explicit).expanduser()
+    return user_cache_dir() / "mnist"
+
+
+def user_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/ddpm, else ~/.cache/ddpm (a relative $XDG_CACHE_HOME is ignored)."""
     cache = os.environ.get("XDG_CACHE_HOME", "")
     base = Path(cache) if cache and Path(cache).is_absolute() else Path.home() / ".cache"
-    return base / "ddpm" / "mnist"
+    return base / "ddpm"
 
 
 # ---------------------------------------------------------------------------------------------
