@@ -17,7 +17,6 @@ FLOP/s, its fraction of the matmul peak measured in the same run, and its speed 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import sys
@@ -31,7 +30,7 @@ from benchmarks.naive import NaiveTrainStep
 from nets import cli
 from nets import data as mnist
 from nets.diffusion import Diffusion
-from nets.train import TrainConfig, ema_decay_at, epoch_permutation, lr_at
+from nets.train import Batch, TrainConfig, draw_batch, epoch_permutation, train_step
 
 DEFAULTS = {"batch_sizes": [64, 128], "precision": ["fp32"], "repeats": 5, "warmup": 2, "steps": 3}
 INPUT_BATCHES_PER_STEP = 20  # input-pipeline timings run this many batches per timed step
@@ -39,12 +38,12 @@ QUICK = {"batch_sizes": [64], "precision": ["fp32"], "repeats": 3, "warmup": 1, 
 
 
 class ProjectTrainStep:
-    """One step of nets/train.py's loop (unconditional), using its helpers where importable.
+    """One step of nets/train.py's loop (unconditional, one process), through its own functions.
 
-    Keep in step with ``nets.train.main``: the whole split is one device tensor indexed by the
-    epoch's permutation, t and ε come from one device generator, the loss runs under autocast,
-    then AdamW (fused on CUDA), gradient clipping, the foreach EMA lerp, and the loss stays on
-    the device (train.py reads it back every ``log_every`` steps).
+    ``nets.train.draw_batch`` indexes the split (one device tensor) with the epoch's permutation
+    and draws t and ε on the device; ``nets.train.train_step`` runs the loss under autocast,
+    AdamW (fused on CUDA), clipping and the foreach EMA, and returns the loss as a device tensor
+    that is stored, not read (train.py reads it back every ``log_every`` steps).
     """
 
     def __init__(self, model: torch.nn.Module, images: np.ndarray, batch_size: int,
@@ -55,6 +54,7 @@ class ProjectTrainStep:
         self.model = model.to(device=device, memory_format=fmt)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.data = mnist.to_training_tensor(images, device).contiguous(memory_format=fmt)
+        self.targets = torch.zeros(len(self.data), dtype=torch.int64, device=device)  # unused: unconditional
         self.diffusion, self.device, self.autocast_dtype = diffusion.to(device), device, autocast_dtype
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr,
                                            weight_decay=self.cfg.weight_decay,
@@ -65,38 +65,20 @@ class ProjectTrainStep:
         self.steps_per_epoch = len(self.data) // batch_size
         self.step, self.perm = 0, None
 
-    def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def batch(self) -> Batch:
         """The input of one step: x0 (B, 1, 28, 28) indexed on the device, t (B,) and ε drawn there."""
-        cfg, device = self.cfg, self.device
+        cfg = self.cfg
         epoch, pos = divmod(self.step, self.steps_per_epoch)
         if self.perm is None or pos == 0:
-            self.perm = epoch_permutation(cfg.seed, epoch, len(self.data), device)
+            self.perm = epoch_permutation(cfg.seed, epoch, len(self.data), self.device)
         idx = self.perm[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
-        x0 = self.data[idx]  # (B, 1, 28, 28)
-        t = torch.randint(0, cfg.timesteps, (cfg.batch_size,), generator=self.gen, device=device)
-        noise = torch.randn(x0.shape, generator=self.gen, device=device)
-        return x0, t, noise
+        return draw_batch(self.data, self.targets, idx, slice(None), self.gen, cfg)
 
     def __call__(self) -> None:
-        cfg, step = self.cfg, self.step
-        x0, t, noise = self.batch()
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        with _autocast(self.device, self.autocast_dtype):
-            loss = self.diffusion.loss(self.forward, x0, t, noise)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.optimizer.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()),
-                                 1.0 - ema_decay_at(step, cfg))
-        self.loss_buf[step % cfg.log_every] = loss.detach()
+        loss = train_step(self.forward, self.model, self.ema, self.optimizer, self.diffusion,
+                          self.batch(), self.step, self.cfg, self.autocast_dtype)
+        self.loss_buf[self.step % self.cfg.log_every] = loss
         self.step += 1
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
 def flops_per_image(model: torch.nn.Module, diffusion: Diffusion, device: torch.device,

@@ -119,3 +119,35 @@ def ensure_writable_dir(path: Path, flag: str) -> Path:
     except OSError as err:
         fail(f"{flag}: cannot write to {path}: {err.strerror or err}")
     return path
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def has_native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies in bfloat16 in hardware (CUDA since Ampere; CPUs with
+    AVX512-BF16 or AMX, through oneDNN). Elsewhere bf16 autocast is emulated and slower."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The network's autocast dtype for ``--precision``: None means plain float32.
+
+    ``auto`` picks bfloat16 where the device has it natively and float32 elsewhere; the
+    weights, the optimizer, the loss's reduction and every diffusion coefficient stay float32.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r} (use {', '.join(PRECISIONS)})")
+    if precision == "fp32" or (precision == "auto" and not has_native_bf16(device)):
+        return None
+    if device.type not in ("cpu", "cuda"):
+        fail(f"--precision bf16: bfloat16 autocast is not supported on {device.type}; use fp32")
+    return torch.bfloat16
+
+
+def describe_precision(dtype: torch.dtype | None) -> str:
+    return "bf16 autocast" if dtype == torch.bfloat16 else "fp32"

@@ -9,14 +9,15 @@ seed report's three figures: ``loss.png``, ``samples.png`` and ``reverse.png``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -55,6 +56,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     compile: bool = False
+    precision: str = "auto"
     run_dir: str = ""
     checkpoint_every: int = 500
     log_every: int = 25
@@ -66,7 +68,7 @@ class TrainConfig:
 
 
 # Flags that may change when a run is resumed (to extend it or move it); all others are fixed.
-RESUMABLE_OVERRIDES = ("epochs", "max_steps", "max_minutes", "device", "compile",
+RESUMABLE_OVERRIDES = ("epochs", "max_steps", "max_minutes", "device", "compile", "precision",
                        "checkpoint_every", "log_every", "figures", "num_samples", "sample_steps",
                        "dist_timeout")
 
@@ -121,6 +123,10 @@ def build_parser() -> cli.Parser:
                    help="seed of every random draw")
     p.add_argument("--device", default=d.device, help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--precision", choices=cli.PRECISIONS, default=d.precision,
+                   help="the network's arithmetic: bf16 autocast or fp32; auto = bf16 where the "
+                   "device has it natively (CUDA, CPUs with AVX512-BF16/AMX), else fp32. Weights, "
+                   "optimizer and loss stay fp32")
     p.add_argument("--dist-timeout", type=cli.positive_float, default=d.dist_timeout,
                    help="under torchrun: seconds a process waits for the others before the job fails")
     p.add_argument("--run-dir", help="output folder (default runs/<timestamp>)")
@@ -213,6 +219,58 @@ def epoch_permutation(seed: int, epoch: int, n: int, device: torch.device) -> to
     """The data order of one epoch: a function of (seed, epoch) only, so a resumed run sees it."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=gen).to(device)
+
+
+class Batch(NamedTuple):
+    """One step's input: clean images, timesteps, noise and (conditional runs) labels."""
+
+    x0: torch.Tensor
+    t: torch.Tensor
+    noise: torch.Tensor
+    y: torch.Tensor | None
+
+
+def draw_batch(data: torch.Tensor, targets: torch.Tensor, idx: torch.Tensor, rows: slice,
+               gen: torch.Generator, cfg: TrainConfig) -> Batch:
+    """The input of one step, all drawn on the device (no host work, no sync).
+
+    ``idx`` holds the global batch's image indices. Every rank draws t, ε and the label dropout
+    for the whole global batch and keeps its ``rows``: the ranks together train on exactly the
+    batch that one process would.
+    """
+    global_batch, device = len(idx), data.device
+    idx = idx[rows]
+    x0 = data[idx]  # (B, 1, 28, 28), B = cfg.batch_size
+    t = torch.randint(0, cfg.timesteps, (global_batch,), generator=gen, device=device)[rows]
+    noise = torch.randn((global_batch, *x0.shape[1:]), generator=gen, device=device)[rows]
+    y = None
+    if cfg.conditional:  # classifier-free guidance: drop labels to "no label" (class 10)
+        drop = torch.rand(global_batch, generator=gen, device=device)[rows] < cfg.label_dropout
+        y = torch.where(drop, torch.full_like(targets[idx], 10), targets[idx])
+    return Batch(x0, t, noise, y)
+
+
+def train_step(forward: Callable, model: torch.nn.Module, ema: torch.nn.Module,
+               optimizer: torch.optim.Optimizer, diffusion: Diffusion, batch: Batch, step: int,
+               cfg: TrainConfig, amp_dtype: torch.dtype | None) -> torch.Tensor:
+    """One optimizer step: loss (network under autocast), AdamW with warm-up and clipping, EMA.
+
+    ``forward`` is ``model`` or a wrapper of it (DDP, torch.compile). Returns the loss as a
+    device tensor: reading it is the caller's choice, so the step itself never syncs.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    with torch.autocast(batch.x0.device.type, dtype=amp_dtype or torch.bfloat16,
+                        enabled=amp_dtype is not None):
+        loss = diffusion.loss(forward, batch.x0, batch.t, batch.noise, batch.y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    with torch.no_grad():
+        torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()),
+                             1.0 - ema_decay_at(step, cfg))
+    return loss.detach()
 
 
 class Progress:
@@ -323,8 +381,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(distributed.rank_seed(cfg.seed, world.rank, step))
     forward = world.wrap(model)  # DistributedDataParallel under torchrun
     forward = torch.compile(forward) if cfg.compile else forward
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else contextlib.nullcontext())
+    amp_dtype = cli.autocast_dtype(cfg.precision, device)
+    if world.is_main:
+        print(f"precision: {cli.describe_precision(amp_dtype)} (--precision {cfg.precision} on "
+              f"{device.type})", file=sys.stderr)
 
     def checkpoint_state() -> dict:
         return {"model": model.state_dict(), "ema": ema.state_dict(),
@@ -352,28 +412,10 @@ def main(argv: list[str] | None = None) -> int:
             epoch, pos = divmod(step, steps_per_epoch)
             if perm is None or pos == 0:
                 perm = epoch_permutation(cfg.seed, epoch, n, device)
-            # Every rank draws the whole global batch (data order, t, ε, label dropout) and keeps its
-            # rows: the ranks together train on exactly the batch that one process would.
-            idx = perm[pos * global_batch:(pos + 1) * global_batch][rows]
-            x0 = data[idx]  # (B, 1, 28, 28), B = cfg.batch_size
-            t = torch.randint(0, cfg.timesteps, (global_batch,), generator=gen, device=device)[rows]
-            noise = torch.randn((global_batch, *x0.shape[1:]), generator=gen, device=device)[rows]
-            y = None
-            if cfg.conditional:  # classifier-free guidance: drop labels to "no label"
-                drop = torch.rand(global_batch, generator=gen, device=device)[rows] < cfg.label_dropout
-                y = torch.where(drop, torch.full_like(targets[idx], 10), targets[idx])
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, cfg)
-            with autocast:
-                loss = diffusion.loss(forward, x0, t, noise, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            with torch.no_grad():
-                torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()),
-                                     1.0 - ema_decay_at(step, cfg))
-            loss_buf[step - logged_to] = loss.detach()
+            batch = draw_batch(data, targets, perm[pos * global_batch:(pos + 1) * global_batch],
+                               rows, gen, cfg)
+            loss = train_step(forward, model, ema, optimizer, diffusion, batch, step, cfg, amp_dtype)
+            loss_buf[step - logged_to] = loss
             step += 1
             signum = stop["signal"]  # read once: a signal landing after this waits one more step
             timed_out = cfg.max_minutes and time.perf_counter() - t_start > 60 * cfg.max_minutes

@@ -98,3 +98,77 @@ def test_epoch_permutation_depends_only_on_seed_and_epoch():
     assert torch.equal(a, train.epoch_permutation(3, 5, 100, torch.device("cpu")))
     assert not torch.equal(a, train.epoch_permutation(3, 6, 100, torch.device("cpu")))
     assert sorted(a.tolist()) == list(range(100))
+
+
+def test_precision_fp32_means_no_autocast_and_bf16_means_bfloat16():
+    from nets import cli
+    cpu = torch.device("cpu")
+    assert cli.autocast_dtype("fp32", cpu) is None
+    assert cli.autocast_dtype("bf16", cpu) is torch.bfloat16
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        cli.autocast_dtype("fp16", cpu)
+
+
+def test_auto_precision_is_bf16_exactly_where_the_cpu_has_native_bf16():
+    from nets import cli
+    cpu = torch.device("cpu")
+    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert cli.has_native_bf16(cpu) == native
+    assert cli.autocast_dtype("auto", cpu) is (torch.bfloat16 if native else None)
+
+
+def tiny_step_inputs(seed=0):
+    torch.manual_seed(seed)
+    cfg = train.TrainConfig(timesteps=50, batch_size=8, lr=1e-3, warmup_steps=1)
+    model = UNet(UNetConfig(base_channels=8, channel_mults=(1, 2)))
+    ema = UNet(UNetConfig(base_channels=8, channel_mults=(1, 2)))
+    ema.load_state_dict(model.state_dict())
+    data = torch.rand(32, 1, 28, 28) * 2 - 1
+    gen = torch.Generator().manual_seed(seed)
+    batch = train.draw_batch(data, torch.zeros(32, dtype=torch.int64), torch.arange(8), slice(None),
+                             gen, cfg)
+    diffusion = Diffusion(core.DiffusionSchedule.from_betas(core.linear_betas(50)))
+    return cfg, model, ema, torch.optim.AdamW(model.parameters(), lr=cfg.lr), diffusion, batch
+
+
+@pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
+def test_train_step_returns_the_batch_loss_and_moves_weights_and_ema(amp_dtype):
+    cfg, model, ema, opt, diffusion, batch = tiny_step_inputs()
+    before = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        expected = diffusion.loss(model, batch.x0, batch.t, batch.noise).item()
+    loss = train.train_step(model, model, ema, opt, diffusion, batch, 0, cfg, amp_dtype)
+    assert not loss.requires_grad and loss.dtype == torch.float32
+    # bf16 rounds the network's arithmetic to 8 bits of mantissa: the loss to ~1 %
+    assert loss.item() == pytest.approx(expected, rel=1e-6 if amp_dtype is None else 3e-2)
+    assert (loss.item() != pytest.approx(expected, rel=1e-6)) == (amp_dtype is not None)  # autocast ran
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
+    moved = [not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True)]
+    assert sum(moved) > len(moved) // 2
+    # the EMA after step 0 (decay 0.1): 0.1 · old + 0.9 · new
+    for old, new, avg in zip(before, model.parameters(), ema.parameters(), strict=True):
+        torch.testing.assert_close(avg, 0.1 * old + 0.9 * new.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_draw_batch_is_the_same_global_batch_split_over_ranks():
+    cfg = train.TrainConfig(timesteps=50, conditional=True, label_dropout=0.5)
+    data, labels = torch.randn(16, 1, 28, 28), torch.arange(16) % 10
+    idx = torch.randperm(16)[:8]
+    whole = train.draw_batch(data, labels, idx, slice(None), torch.Generator().manual_seed(1), cfg)
+    halves = [train.draw_batch(data, labels, idx, rows, torch.Generator().manual_seed(1), cfg)
+              for rows in (slice(0, 4), slice(4, 8))]
+    for field in ("x0", "t", "noise", "y"):
+        torch.testing.assert_close(torch.cat([getattr(h, field) for h in halves]), getattr(whole, field))
+    assert (whole.y == 10).any() and (whole.y < 10).any()  # some labels dropped, some kept
+
+
+def test_precision_is_saved_and_may_change_when_a_run_resumes(tmp_path, real_mnist_dir):
+    args = ["--data-dir", str(real_mnist_dir), "--split", "test", "--limit", "64",
+            "--batch-size", "16", "--no-figures", *TINY_MODEL]
+    code, run_dir = run_train(tmp_path, "run", *args, "--max-steps", "2", "--precision", "bf16")
+    assert code == 0
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["config"]["precision"] == "bf16"
+    assert train.main(["--resume", str(run_dir), "--max-steps", "4", "--precision", "fp32"]) == 0
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 4 and state["config"]["precision"] == "fp32"
+    assert all(np.isfinite(losses_of(run_dir)))
