@@ -121,6 +121,9 @@ def tiny_step_inputs(seed=0):
     torch.manual_seed(seed)
     cfg = train.TrainConfig(timesteps=50, batch_size=8, lr=1e-3, warmup_steps=1)
     model = UNet(UNetConfig(base_channels=8, channel_mults=(1, 2)))
+    with torch.no_grad():  # wake the zero-initialised output layers, so the network's arithmetic shows
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
     ema = UNet(UNetConfig(base_channels=8, channel_mults=(1, 2)))
     ema.load_state_dict(model.state_dict())
     data = torch.rand(32, 1, 28, 28) * 2 - 1
