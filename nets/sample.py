@@ -251,8 +251,10 @@ def build_parser() -> cli.Parser:
     p.add_argument("--batch-size", type=cli.positive_int, default=256, help="images per batch")
     p.add_argument("--seed", type=int, default=0, help="seed of x_T and every step's noise")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, mps")
-    p.add_argument("--bf16", action="store_true",
-                   help="run the network under bfloat16 autocast (the update stays float32)")
+    p.add_argument("--precision", choices=cli.PRECISIONS, default="auto",
+                   help="the network's arithmetic: bf16 autocast or fp32; auto = bf16 where the "
+                   "device has it natively (CUDA, CPUs with AVX512-BF16/AMX), else fp32. The "
+                   "update x_t → x_{t-1} stays fp32")
     p.add_argument("--cuda-graph", action="store_true",
                    help="CUDA only: replay one captured step per batch (same images, faster)")
     p.add_argument("--out", type=Path, default=Path("samples.npz"),
@@ -278,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     device = cli.pick_device(args.device)
     if args.cuda_graph and device.type != "cuda":
         parser.error(f"argument --cuda-graph: needs a CUDA device, got {device}")
+    amp_dtype = cli.autocast_dtype(args.precision, device)
     try:
         loaded = load_model(args.checkpoint, args.weights, device)
     except CheckpointError as err:
@@ -300,17 +303,18 @@ def main(argv: list[str] | None = None) -> int:
             + (f", eta {args.eta or 0.0:g}" if args.sampler == "ddim" else
                f", variance {args.variance or 'posterior'}"))
     print(f"model: {loaded.path} (step {loaded.step}, {args.weights} weights, T={T}); "
-          f"sampler: {desc}; device {device}", file=sys.stderr)
+          f"sampler: {desc}; device {device}, {cli.describe_precision(amp_dtype)}", file=sys.stderr)
     gen = generate(loaded.model, loaded.diffusion, coeffs, args.n, args.batch_size, args.seed,
                    device, labels=labels, guidance=guidance, trajectory=args.trajectory,
                    progress=args.progress,
-                   autocast_dtype=torch.bfloat16 if args.bf16 else None,
+                   autocast_dtype=amp_dtype,
                    cuda_graph=args.cuda_graph)
     settings = {"sampler": args.sampler, "steps": coeffs.num_steps, "eta": args.eta or 0.0,
                 "variance": args.variance or "posterior", "spacing": args.spacing,
                 "seed": args.seed, "batch_size": args.batch_size, "weights": args.weights,
                 "checkpoint": str(loaded.path), "checkpoint_step": loaded.step,
-                "device": str(device), "bf16": args.bf16, "cuda_graph": args.cuda_graph}
+                "device": str(device), "precision": "bf16" if amp_dtype else "fp32",
+                "cuda_graph": args.cuda_graph}
     if loaded.conditional:
         settings["guidance"] = 1.0 if guidance is None else guidance
     try:

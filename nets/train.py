@@ -467,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- figures -------------------------------------------------------------------------------
     if cfg.figures and world.is_main:
-        make_figures(cfg, run_dir, ema, diffusion, device)
+        make_figures(cfg, run_dir, ema, diffusion, device, amp_dtype)
     return 0
 
 
@@ -486,7 +486,7 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
 
 
 def make_figures(cfg: TrainConfig, run_dir: Path, ema: UNet, diffusion: Diffusion,
-                 device: torch.device) -> None:
+                 device: torch.device, amp_dtype: torch.dtype | None = None) -> None:
     """F1 loss.png, F2 samples.png (EMA weights) and F3 reverse.png in the run directory."""
     from nets import figures
     from nets.data import images_to_uint8
@@ -508,7 +508,7 @@ def make_figures(cfg: TrainConfig, run_dir: Path, ema: UNet, diffusion: Diffusio
     t0 = time.perf_counter()
     result = sample(ema, diffusion, coeffs, x_T,
                     lambda k, like: torch.randn(like.shape, generator=gen, device=device),
-                    y=y, num_snapshots=10)
+                    y=y, num_snapshots=10, autocast_dtype=amp_dtype)
     print(f"sampled {cfg.num_samples} digits ({coeffs.num_steps} DDPM steps) in "
           f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
     figures.save_grid(images_to_uint8(result.images), run_dir / "samples.png")

@@ -207,7 +207,7 @@ def test_cli_writes_npz_grid_and_trajectory(checkpoints, tmp_path, capsys):
 
 
 def test_cli_png_only_and_raw_weights(checkpoints, tmp_path, capsys):
-    code, err = run_main(capsys, "--checkpoint", checkpoints["uncond"], "--n", "4", "--bf16",
+    code, err = run_main(capsys, "--checkpoint", checkpoints["uncond"], "--n", "4", "--precision", "bf16",
                          "--weights", "raw", "--steps", "3", "--out", tmp_path / "g.png")
     assert code == 0, err
     assert (tmp_path / "g.png").exists() and not (tmp_path / "g.npz").exists()
@@ -232,6 +232,7 @@ def test_cli_conditional_digit_and_guidance(checkpoints, tmp_path, capsys):
     (["--sampler", "ddim", "--variance", "beta"], "applies to --sampler ddpm only"),
     (["--n", "0"], "must be >= 1"),
     (["--cuda-graph"], "needs a CUDA device"),
+    (["--precision", "fp16"], "invalid choice: 'fp16'"),
 ])
 def test_cli_bad_flags_exit_2_with_a_message(checkpoints, tmp_path, capsys, args, message):
     code, err = run_main(capsys, "--checkpoint", checkpoints["uncond"], "--out",
