@@ -32,8 +32,8 @@ from nets import cli
 from nets.diffusion import Diffusion
 from nets.sampling import DeviceCoefficients, make_coefficients, sample
 
-DEFAULTS = {"batch_sizes": [64], "precision": ["fp32"], "repeats": 5, "warmup": 1, "window": "auto"}
-QUICK = {"batch_sizes": [64], "precision": ["fp32"], "repeats": 3, "warmup": 1, "window": 2}
+DEFAULTS = {"batch_sizes": [64], "precision": ["fp32", "auto"], "repeats": 5, "warmup": 1, "window": "auto"}
+QUICK = {"batch_sizes": [64], "precision": ["auto"], "repeats": 3, "warmup": 1, "window": 2}
 DEFAULT_STEPS = {"ddpm": None, "ddim": 50}  # None: all T
 
 

@@ -32,9 +32,9 @@ from nets import data as mnist
 from nets.diffusion import Diffusion
 from nets.train import Batch, TrainConfig, draw_batch, epoch_permutation, train_step
 
-DEFAULTS = {"batch_sizes": [64, 128], "precision": ["fp32"], "repeats": 5, "warmup": 2, "steps": 3}
+DEFAULTS = {"batch_sizes": [64, 128], "precision": ["fp32", "auto"], "repeats": 5, "warmup": 2, "steps": 3}
 INPUT_BATCHES_PER_STEP = 20  # input-pipeline timings run this many batches per timed step
-QUICK = {"batch_sizes": [64], "precision": ["fp32"], "repeats": 3, "warmup": 1, "steps": 1}
+QUICK = {"batch_sizes": [64], "precision": ["auto"], "repeats": 3, "warmup": 1, "steps": 1}
 
 
 class ProjectTrainStep:
@@ -203,6 +203,12 @@ def _report(rows, args, machine, peaks, flops, data_note, compile_seconds) -> No
     print(f"({args.repeats} repeats of {args.steps} steps after {args.warmup} warm-up; "
           f"peaks: {measure.describe_peaks(peaks)}; "
           f"{flops / 1e6:.1f} MFLOP/image; data: {data_note})")
+    default = {str(r["batch"]): r["speedup_vs_naive"] for r in rows
+               if r["variant"] == f"project {args.default_precision}"}
+    if default:
+        print(f"python -m nets.train's step as it runs here by default (--precision auto = "
+              f"{args.default_precision}): " + ", ".join(f"{v:.2f}x naive at batch {b}"
+                                                         for b, v in default.items()))
     if args.json:
         best = {}
         for row in rows:
@@ -214,7 +220,7 @@ def _report(rows, args, machine, peaks, flops, data_note, compile_seconds) -> No
             "load_average_end": [round(v, 2) for v in os.getloadavg()], "data": data_note,
             "settings": workload.settings(args, "steps", "compile", "channels_last", "split"),
             "peaks": peaks, "flops_per_image": flops, "compile_seconds": compile_seconds,
-            "best_speedup_vs_naive": best,
+            "best_speedup_vs_naive": best, "default_speedup_vs_naive": default,
             "results": [{k: v for k, v in r.items() if k not in ("s_step", "spread")} for r in rows]})
 
 

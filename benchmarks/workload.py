@@ -20,6 +20,7 @@ from nets import cli
 from nets.unet import UNet, UNetConfig
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # name → autocast dtype of the network
+# "auto" in --precision: what nets.train / nets.sample use by default on the device (cli.autocast_dtype)
 
 
 def csv_of(parse):
@@ -33,8 +34,8 @@ def csv_of(parse):
 
 
 def precision(text: str) -> str:
-    if text not in PRECISIONS:
-        raise argparse.ArgumentTypeError(f"unknown precision {text!r} (use fp32 or bf16)")
+    if text != "auto" and text not in PRECISIONS:
+        raise argparse.ArgumentTypeError(f"unknown precision {text!r} (use fp32, bf16 or auto)")
     return text
 
 
@@ -57,7 +58,8 @@ def add_common_args(p: argparse.ArgumentParser, defaults: dict, quick: dict) -> 
                    type=csv_of(cli.positive_int))
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda")
     add_script_arg(p, "--precision", defaults, quick,
-                   "comma-separated network precisions: fp32, bf16 (autocast)", type=csv_of(precision))
+                   "comma-separated network precisions: fp32, bf16 (autocast), auto (what the project's "
+                   "CLIs pick on this device)", type=csv_of(precision))
     p.add_argument("--threads", type=cli.positive_int,
                    help="torch CPU threads; None: torch's choice, one per core")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
@@ -87,6 +89,10 @@ def resolve(args: argparse.Namespace, defaults: dict, quick: dict) -> argparse.N
     args.device = cli.pick_device(args.device)
     if args.clock == "cpu" and args.device.type != "cpu":
         cli.fail(f"--clock cpu: only for --device cpu (got {args.device})")
+    # The project's default precision here; "auto" in the list becomes it, duplicates dropped.
+    args.default_precision = "bf16" if cli.autocast_dtype("auto", args.device) else "fp32"
+    args.precision = list(dict.fromkeys(
+        args.default_precision if p == "auto" else p for p in args.precision))
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device.type == "cuda":  # as nets/train.py does
@@ -99,7 +105,8 @@ def settings(args: argparse.Namespace, *names: str) -> dict:
     """The shared flags' values (and ``names``), for the JSON output."""
     shared = ("batch_sizes", "precision", "threads", "clock", "repeats", "warmup", "quick", "seed",
               "timesteps")
-    return {**{n: getattr(args, n) for n in shared + names}, "unet": unet_config(args).to_dict()}
+    return {**{n: getattr(args, n) for n in shared + names}, "unet": unet_config(args).to_dict(),
+            "default_precision": args.default_precision}
 
 
 def unet_config(args: argparse.Namespace) -> UNetConfig:

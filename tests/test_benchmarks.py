@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import diffusion_core as core
+from nets import cli
 from nets.diffusion import Diffusion
 from nets.sampling import DeviceCoefficients, make_coefficients, sample
 from nets.unet import UNet, UNetConfig
@@ -19,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # benchmarks/ is run from the checkout, not installed
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import sample_speed, train_speed  # noqa: E402
+from benchmarks import sample_speed, train_speed, workload  # noqa: E402
 from benchmarks.naive import naive_sample  # noqa: E402
 
 SCHEDULE = core.DiffusionSchedule.from_betas(core.linear_betas(20))
@@ -117,14 +118,18 @@ def test_train_speed_runs_tiny_and_writes_json(tmp_path, capsys):
     table = capsys.readouterr().out
     result = json.loads(out.read_text())
     rows = {r["variant"]: r for r in result["results"]}
-    assert list(rows) == ["naive", "project fp32", "project fp32 cl", "naive input", "project input"]
+    p = result["settings"]["default_precision"]  # --quick times the trainer's own default: auto
+    assert p == ("bf16" if cli.has_native_bf16(torch.device("cpu")) else "fp32")
+    assert list(rows) == ["naive", f"project {p}", f"project {p} cl", "naive input", "project input"]
     assert "x naive" in table and result["data"].startswith("random uint8")  # no MNIST in tmp_path
+    assert f"by default (--precision auto = {p})" in table
+    assert result["default_speedup_vs_naive"] == {"4": rows[f"project {p}"]["speedup_vs_naive"]}
     for row in rows.values():
         assert row["images_per_s"] > 0 and row["speedup_vs_naive"] > 0
-    for name in ("naive", "project fp32", "project fp32 cl"):
+    for name in ("naive", f"project {p}", f"project {p} cl"):
         assert rows[name]["flops_per_image"] == result["flops_per_image"] > 0
         assert rows[name]["fraction_of_peak"] > 0
-    assert rows["project fp32 cl"]["speedup_vs_contiguous"] > 0
+    assert rows[f"project {p} cl"]["speedup_vs_contiguous"] > 0
     assert rows["naive"]["speedup_vs_naive"] == 1.0 and result["peaks"]["fp32"]["flops_per_s"] > 0
 
 
@@ -135,9 +140,18 @@ def test_sample_speed_runs_tiny_and_writes_json(tmp_path, capsys):
     capsys.readouterr()
     result = json.loads(out.read_text())
     rows = {(r["sampler"], r["variant"]): r for r in result["results"]}
+    p = result["settings"]["default_precision"]
     assert set(rows) == {(s, v) for s in ("ddpm-6", "ddim-6")
-                         for v in ("naive", "project fp32", "network fp32", "stub fp32")}
-    project = rows["ddpm-6", "project fp32"]
+                         for v in ("naive", f"project {p}", f"network {p}", f"stub {p}")}
+    project = rows["ddpm-6", f"project {p}"]
     assert project["window"] == 2 and project["images_per_s"] > 0
     assert project["flops_per_image"] == 6 * result["flops_per_image_per_call"]
     assert project["overhead"] < 1 and 0 < project["overhead_stub"]
+
+
+def test_precision_auto_becomes_the_devices_default_and_duplicates_go():
+    args = train_speed.build_parser().parse_args(["--precision", "auto,fp32,bf16,auto", "--device", "cpu"])
+    args = workload.resolve(args, train_speed.DEFAULTS, train_speed.QUICK)
+    native = cli.has_native_bf16(torch.device("cpu"))
+    assert args.default_precision == ("bf16" if native else "fp32")
+    assert args.precision == (["bf16", "fp32"] if native else ["fp32", "bf16"])
