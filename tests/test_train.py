@@ -175,3 +175,23 @@ def test_precision_is_saved_and_may_change_when_a_run_resumes(tmp_path, real_mni
     state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert state["step"] == 4 and state["config"]["precision"] == "fp32"
     assert all(np.isfinite(losses_of(run_dir)))
+
+
+def test_memory_format_is_channels_last_only_for_fp32_on_cpu():
+    cpu = torch.device("cpu")
+    assert train.memory_format_for(cpu, None) == torch.channels_last
+    assert train.memory_format_for(cpu, torch.bfloat16) == torch.contiguous_format
+    assert train.memory_format_for(torch.device("cuda"), None) == torch.contiguous_format
+
+
+def test_channels_last_training_gives_the_contiguous_losses(tmp_path, real_mnist_dir, monkeypatch, capsys):
+    args = ["--data-dir", str(real_mnist_dir), "--split", "test", "--limit", "128", "--batch-size", "16",
+            "--max-steps", "8", "--log-every", "4", "--no-figures", "--precision", "fp32", *TINY_MODEL]
+    assert run_train(tmp_path, "cl", *args)[0] == 0
+    assert "fp32 (--precision fp32 on cpu), channels_last activations" in capsys.readouterr().err
+    monkeypatch.setattr(train, "memory_format_for", lambda device, amp: torch.contiguous_format)
+    assert run_train(tmp_path, "contiguous", *args)[0] == 0
+    assert "contiguous activations" in capsys.readouterr().err
+    cl, contiguous = losses_of(tmp_path / "cl"), losses_of(tmp_path / "contiguous")
+    assert len(cl) == 8
+    np.testing.assert_allclose(cl, contiguous, rtol=1e-4)  # a layout, not a change of the math
