@@ -180,12 +180,19 @@ def _report(rows, args, machine, peaks, flops_call) -> None:
     print(f"({args.repeats} repeats after {args.warmup} warm-up; timed steps per chain: "
           f"{', '.join(f'{s} {w}' for s, w in windows)}; peaks: {measure.describe_peaks(peaks)}; "
           f"{flops_call / 1e6:.1f} MFLOP/image/call)")
+    default = {f"{r['sampler']} b{r['batch']}": r["speedup_vs_naive"] for r in rows
+               if r["variant"] == f"project {args.default_precision}"}
+    if default:
+        print(f"python -m nets.sample's chain as it runs here by default (--precision auto = "
+              f"{args.default_precision}, eager): " + ", ".join(f"{v:.2f}x naive for {k}"
+                                                               for k, v in default.items()))
     if args.json:
         measure.write_json(args.json, {
             "benchmark": "sample_speed", "machine": machine,
             "load_average_end": [round(v, 2) for v in os.getloadavg()],
             "settings": workload.settings(args, "samplers", "steps", "eta", "window", "cuda_graph"),
             "peaks": peaks, "flops_per_image_per_call": flops_call,
+            "default_speedup_vs_naive": default,
             "results": [{k: v for k, v in r.items() if k not in ("s_step", "spread")} for r in rows]})
 
 

@@ -144,6 +144,8 @@ def test_sample_speed_runs_tiny_and_writes_json(tmp_path, capsys):
     assert set(rows) == {(s, v) for s in ("ddpm-6", "ddim-6")
                          for v in ("naive", f"project {p}", f"network {p}", f"stub {p}")}
     project = rows["ddpm-6", f"project {p}"]
+    assert result["default_speedup_vs_naive"] == {
+        f"{k} b3": rows[k, f"project {p}"]["speedup_vs_naive"] for k in ("ddpm-6", "ddim-6")}
     assert project["window"] == 2 and project["images_per_s"] > 0
     assert project["flops_per_image"] == 6 * result["flops_per_image_per_call"]
     assert project["overhead"] < 1 and 0 < project["overhead_stub"]
