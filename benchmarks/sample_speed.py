@@ -1,4 +1,4 @@
-"""Sampling throughput: ``python -m benchmarks.sample_speed``.
+"""Sampling throughput: ``python benchmarks/sample_speed.py`` (or ``python -m benchmarks.sample_speed``).
 
 Images/s of the reverse chain (DDPM-1000 and DDIM-50 by default; any ``--steps``) for each batch
 size and precision, interleaving in one run:
@@ -17,6 +17,14 @@ FLOPs per image are the network's forward FLOPs (FlopCounterMode) times K.
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__" and not __package__:  # run as `python benchmarks/<script>.py`
+    import os
+    import sys
+    from pathlib import Path
+
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repo root, as with `python -m`
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: benchmarks/__init__.py
 
 import dataclasses
 import os

@@ -1,4 +1,4 @@
-"""Training throughput: ``python -m benchmarks.train_speed``.
+"""Training throughput: ``python benchmarks/train_speed.py`` (or ``python -m benchmarks.train_speed``).
 
 Steady-state images/s of one optimizer step of the U-Net (warm-up excluded; median and spread
 of several repeats), for each batch size and precision, interleaving in one run:
@@ -16,6 +16,14 @@ FLOP/s, its fraction of the matmul peak measured in the same run, and its speed 
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__" and not __package__:  # run as `python benchmarks/<script>.py`
+    import os
+    import sys
+    from pathlib import Path
+
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repo root, as with `python -m`
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: benchmarks/__init__.py
 
 import copy
 import os

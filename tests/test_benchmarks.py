@@ -157,3 +157,21 @@ def test_precision_auto_becomes_the_devices_default_and_duplicates_go():
     native = cli.has_native_bf16(torch.device("cpu"))
     assert args.default_precision == ("bf16" if native else "fp32")
     assert args.precision == (["bf16", "fp32"] if native else ["fp32", "bf16"])
+
+
+@pytest.mark.parametrize("script, extra", [
+    ("sample_speed.py", ["--timesteps", "20", "--steps", "4", "--batch-sizes", "2"]),
+    ("train_speed.py", ["--batch-sizes", "2", "--no-channels-last", "--data-dir", "."]),
+])
+def test_a_script_runs_by_path_from_anywhere_with_passive_openmp(tmp_path, script, extra):
+    """`python benchmarks/<script>.py`, the form the issue names, from another folder."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *TINY, "--quick",
+                           "--repeats", "1", "--warmup", "0", *extra, "--json", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(out.read_text())["machine"]["omp_wait_policy"] == "PASSIVE"
