@@ -36,9 +36,13 @@ TINY = ["--split", "test", "--limit", "256", "--base-channels", "8", "--channel-
 STEPS = 6
 # Adam divides by √v̂: a bias whose summed gradient is ~0 (up.3.0.conv2.bias here) turns the
 # float rounding of (mean of 8 + mean of 8) / 2 versus mean of 16 into an update difference of a
-# fraction of the learning rate. Six warm-up steps move any weight by at most Σ lr = 2.1e-4; the
-# worst entry differs by 7e-6, every other one by less than 1e-6.
-WEIGHT_ATOL = 2e-5
+# fraction of the learning rate. Six warm-up steps move any weight by at most Σ lr = 2.1e-4.
+# With fp32 CPU training in channels_last (the convolutions' bias gradients are reduced in another
+# order) that one entry differs by up to 3.7e-5; the others by less than 1e-6. So: every entry
+# within a quarter of Σ lr, and all but a handful (0.1 %) within 1e-6.
+SUM_LR = sum(2e-3 * min(1.0, (s + 1) / 200) for s in range(6))  # TrainConfig's warm-up, 6 steps
+WEIGHT_ATOL = SUM_LR / 4
+TIGHT_ATOL, TIGHT_SHARE = 1e-6, 0.999
 
 
 
@@ -73,6 +77,9 @@ def assert_same_weights(got: dict, want: dict) -> None:
         for name, tensor in want[key].items():
             torch.testing.assert_close(got[key][name], tensor, rtol=0, atol=WEIGHT_ATOL,
                                        msg=lambda m, k=key, n=name: f"{k}.{n}: {m}")
+        diffs = torch.cat([(got[key][n] - t).abs().flatten() for n, t in want[key].items()])
+        loose = int((diffs > TIGHT_ATOL).sum())
+        assert loose <= (1 - TIGHT_SHARE) * len(diffs), f"{key}: {loose} of {len(diffs)} differ by > 1e-6"
 
 
 @pytest.fixture(scope="module")
