@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -108,6 +109,13 @@ class World:
         if self.size > 1:
             dist.barrier()
 
+    def leave(self) -> None:
+        """Every rank meets here, then all leave the process group together: no rank ends (see
+        ``run``) while another still talks to it, and rank 0 makes the figures without a group."""
+        if self.size > 1 and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
     @contextlib.contextmanager
     def local_main_first(self) -> Iterator[None]:
         """Run the block on each machine's local rank 0 first (say, a download), then on the others."""
@@ -132,6 +140,9 @@ def replica_checksums(modules: dict[str, torch.nn.Module],
                 names.append(f"{prefix}.{name}")
                 sums += [values.sum(), values.square().sum()]
     return names, torch.stack(sums).to(device) if sums else torch.zeros(0, device=device)
+
+
+_joined_a_group: list[bool] = []  # non-empty once this process has joined a multi-process group
 
 
 def setup(device: torch.device, timeout_s: float) -> World:
@@ -162,6 +173,7 @@ def setup(device: torch.device, timeout_s: float) -> World:
     else:
         cli.fail(f"--device {device}: torch.distributed trains on cuda (NCCL) or cpu (gloo) only")
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    _joined_a_group.append(True)  # run() ends this process with os._exit (see there)
     return World(rank=rank, local_rank=local_rank, size=size, device=device)
 
 
@@ -193,11 +205,24 @@ def run(main: Callable[[], int | None]) -> int | None:
     Under torchrun an exception is recorded for the launcher's failure summary (torchrun's
     ``record``), which names the rank that failed first; torchrun then stops the other ranks.
     The process group is destroyed on every way out, so no rank lingers in it.
+
+    A process that was one of several ends with ``os._exit`` once ``main`` has returned: in
+    torch 2.13, DistributedDataParallel keeps the gloo process group alive after
+    ``destroy_process_group``, and when the interpreter shut down while a gloo worker thread was
+    still releasing the tensors of the last collective, that thread needed the GIL and the
+    process died with SIGABRT ("terminate called without an active exception"; a core dump
+    showed ``~AsyncWork`` → ``take_gil`` during ``Py_FinalizeEx``), in about 1 two-process run
+    in 30. Every file has been written and closed by then; the streams are flushed first.
     """
     from torch.distributed.elastic.multiprocessing.errors import record
 
     try:
-        return record(main)() if "TORCHELASTIC_RUN_ID" in os.environ else main()
+        code = record(main)() if "TORCHELASTIC_RUN_ID" in os.environ else main()
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+    if _joined_a_group:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code or 0)
+    return code

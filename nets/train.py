@@ -459,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
                                  f"the last good checkpoint in {run_dir} is kept", code=1)
             if signum:
                 progress.close()
-                world.barrier()  # no rank exits (and so gets the job stopped) before rank 0 has saved
+                world.leave()  # no rank exits (and so gets the job stopped) before rank 0 has saved
                 if world.is_main:
                     print(f"interrupted at step {step}: checkpoint saved; continue with "
                           f"--resume {run_dir}", file=sys.stderr)
@@ -470,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         for s, handler in old_handlers.items():
             signal.signal(s, handler)
     progress.close()
+    world.leave()  # the ranks are done with each other; rank 0 alone makes the figures
     train_seconds = time.perf_counter() - t_start
     if world.is_main:
         print(f"trained to step {step} in {train_seconds:.1f}s", file=sys.stderr)
