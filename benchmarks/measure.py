@@ -157,6 +157,18 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def report_default_speedups(rows: Sequence[dict], precision: str, key: Callable[[dict], str],
+                            what: str, unit: str) -> dict[str, float]:
+    """The project's default path (row ``project <precision>``) against naive: printed as one
+    line ("<what> (--precision auto = <precision>): 1.69x naive <unit> 64, ...") and returned
+    by ``key(row)`` for the JSON; nothing when that precision was not benchmarked."""
+    speedups = {key(r): r["speedup_vs_naive"] for r in rows if r["variant"] == f"project {precision}"}
+    if speedups:
+        print(f"{what} (--precision auto = {precision}): "
+              + ", ".join(f"{v:.2f}x naive {unit} {k}" for k, v in speedups.items()))
+    return speedups
+
+
 def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> str:
     """A fixed-width text table; ``columns`` are (key, header, format spec), None shows as '-'."""
     cells = [[h for _, h, _ in columns]]

@@ -188,12 +188,9 @@ def _report(rows, args, machine, peaks, flops_call) -> None:
     print(f"({args.repeats} repeats after {args.warmup} warm-up; timed steps per chain: "
           f"{', '.join(f'{s} {w}' for s, w in windows)}; peaks: {measure.describe_peaks(peaks)}; "
           f"{flops_call / 1e6:.1f} MFLOP/image/call)")
-    default = {f"{r['sampler']} b{r['batch']}": r["speedup_vs_naive"] for r in rows
-               if r["variant"] == f"project {args.default_precision}"}
-    if default:
-        print(f"python -m nets.sample's chain as it runs here by default (--precision auto = "
-              f"{args.default_precision}, eager): " + ", ".join(f"{v:.2f}x naive for {k}"
-                                                               for k, v in default.items()))
+    default = measure.report_default_speedups(
+        rows, args.default_precision, lambda r: f"{r['sampler']} b{r['batch']}",
+        "python -m nets.sample's chain as it runs here by default (eager)", "for")
     if args.json:
         measure.write_json(args.json, {
             "benchmark": "sample_speed", "machine": machine,

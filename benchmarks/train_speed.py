@@ -211,12 +211,9 @@ def _report(rows, args, machine, peaks, flops, data_note, compile_seconds) -> No
     print(f"({args.repeats} repeats of {args.steps} steps after {args.warmup} warm-up; "
           f"peaks: {measure.describe_peaks(peaks)}; "
           f"{flops / 1e6:.1f} MFLOP/image; data: {data_note})")
-    default = {str(r["batch"]): r["speedup_vs_naive"] for r in rows
-               if r["variant"] == f"project {args.default_precision}"}
-    if default:
-        print(f"python -m nets.train's step as it runs here by default (--precision auto = "
-              f"{args.default_precision}): " + ", ".join(f"{v:.2f}x naive at batch {b}"
-                                                         for b, v in default.items()))
+    default = measure.report_default_speedups(
+        rows, args.default_precision, lambda r: str(r["batch"]),
+        "python -m nets.train's step as it runs here by default", "at batch")
     if args.json:
         best = {}
         for row in rows:
