@@ -127,7 +127,10 @@ def test_memorisation_baseline_without_held_out_images_is_leave_one_out(n):
     loo = metrics.nearest_neighbour_distances(train, train, exclude_self=True)
     assert ref.baseline_kind == "leave-one-out"
     assert len(ref.baseline_nn) == min(n, evaluate.BASELINE_IMAGES)
-    assert np.isin(np.round(ref.baseline_nn, 4), np.round(loo, 4)).all()
+    # Each baseline distance is some image's leave-one-out distance, to float32 round-off (the
+    # chunked ‖q‖² + ‖r‖² − 2q·r differs in its last bits between query subsets).
+    nearest = np.abs(ref.baseline_nn[:, None] - loo[None, :]).min(axis=1)
+    assert nearest.max() < 1e-5 * loo.max()
 
 
 # ---------------------------------------------------------------------------------------------
