@@ -133,7 +133,7 @@ def time_chain(args, model, diffusion, sampler, steps, coeffs, window, batch, fl
                                               eta=args.eta, run_steps=window)}
     meta = {"naive": "fp32"}
     for prec in args.precision:
-        dtype = workload.PRECISIONS[prec]
+        dtype = workload.autocast_dtype(prec, device)
         with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.bfloat16,
                                                     enabled=dtype is not None):
             stub = StoredOutput(model(x_T, t).float())

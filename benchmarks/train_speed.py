@@ -36,9 +36,10 @@ import torch
 from benchmarks import measure, workload
 from benchmarks.naive import NaiveTrainStep
 from nets import cli
-from nets import data as mnist
+from nets.data import to_training_tensor
 from nets.diffusion import Diffusion
-from nets.train import Batch, TrainConfig, draw_batch, epoch_permutation, train_step
+from nets.training.config import TrainConfig
+from nets.training.step import Batch, draw_batch, epoch_permutation, train_step
 
 DEFAULTS = {"batch_sizes": [64, 128], "precision": ["fp32", "auto"], "repeats": 5, "warmup": 2, "steps": 3}
 INPUT_BATCHES_PER_STEP = 20  # input-pipeline timings run this many batches per timed step
@@ -61,7 +62,7 @@ class ProjectTrainStep:
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(device=device, memory_format=fmt)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
-        self.data = mnist.to_training_tensor(images, device).contiguous(memory_format=fmt)
+        self.data = to_training_tensor(images, device).contiguous(memory_format=fmt)
         self.targets = torch.zeros(len(self.data), dtype=torch.int64, device=device)  # unused: unconditional
         self.diffusion, self.device, self.autocast_dtype = diffusion.to(device), device, autocast_dtype
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr,
@@ -154,7 +155,8 @@ def time_batch(args, base, images, diffusion, batch, flops, compile_seconds) -> 
             name = f"project {prec}" + (" cl" if fmt == "channels_last" else "") + \
                 (" compile" if compiled else "")
             step = ProjectTrainStep(copy.deepcopy(base), images, batch, diffusion, device,
-                                    workload.PRECISIONS[prec], fmt == "channels_last", compiled, args.seed)
+                                    workload.autocast_dtype(prec, device), fmt == "channels_last",
+                                    compiled, args.seed)
             if compiled:  # the first call builds the graph: timed once, outside the rounds
                 key, start = f"{name} b{batch}", time.perf_counter()
                 try:

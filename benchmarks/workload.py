@@ -17,10 +17,10 @@ import torch
 
 import diffusion_core as core
 from nets import cli
+from nets import device as devices
+from nets.data import MNIST_ERRORS, default_data_dir, load_mnist
+from nets.diffusion import make_schedule
 from nets.unet import UNet, UNetConfig
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}  # name → autocast dtype of the network
-# "auto" in --precision: what nets.train / nets.sample use by default on the device (cli.autocast_dtype)
 
 
 def csv_of(parse):
@@ -34,9 +34,15 @@ def csv_of(parse):
 
 
 def precision(text: str) -> str:
-    if text != "auto" and text not in PRECISIONS:
-        raise argparse.ArgumentTypeError(f"unknown precision {text!r} (use fp32, bf16 or auto)")
+    """One of nets.device.PRECISIONS; "auto" is what nets.train / nets.sample use on the device."""
+    if text not in devices.PRECISIONS:
+        raise argparse.ArgumentTypeError(f"unknown precision {text!r} (use {', '.join(devices.PRECISIONS)})")
     return text
+
+
+def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """The network's autocast dtype for a resolved precision name ("fp32" or "bf16")."""
+    return devices.autocast_dtype(name, device)
 
 
 def add_script_arg(p: argparse.ArgumentParser, flag: str, defaults: dict, quick: dict, help: str,
@@ -56,7 +62,7 @@ def add_common_args(p: argparse.ArgumentParser, defaults: dict, quick: dict) -> 
     """Device, precision, repeats, output and model flags; ``defaults``/``quick`` per script."""
     add_script_arg(p, "--batch-sizes", defaults, quick, "comma-separated batch sizes",
                    type=csv_of(cli.positive_int))
-    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda")
+    cli.add_device(p)
     add_script_arg(p, "--precision", defaults, quick,
                    "comma-separated network precisions: fp32, bf16 (autocast), auto (what the project's "
                    "CLIs pick on this device)", type=csv_of(precision))
@@ -70,7 +76,7 @@ def add_common_args(p: argparse.ArgumentParser, defaults: dict, quick: dict) -> 
                    type=cli.int_at_least(0))
     p.add_argument("--quick", action="store_true", help="small settings that finish in about a minute")
     p.add_argument("--json", type=Path, help="also write the results as JSON to this file")
-    p.add_argument("--seed", type=int, default=0, help="seed of weights, images and noise")
+    cli.add_seed(p, "seed of weights, images and noise")
     u = UNetConfig()
     p.add_argument("--base-channels", type=cli.positive_int, default=u.base_channels,
                    help="U-Net width at full resolution")
@@ -86,18 +92,16 @@ def resolve(args: argparse.Namespace, defaults: dict, quick: dict) -> argparse.N
     for name, value in defaults.items():
         if getattr(args, name, None) is None:
             setattr(args, name, quick.get(name, value) if args.quick else value)
-    args.device = cli.pick_device(args.device)
+    args.device = cli.device_from_flag(args.device)
     if args.clock == "cpu" and args.device.type != "cpu":
         cli.fail(f"--clock cpu: only for --device cpu (got {args.device})")
     # The project's default precision here; "auto" in the list becomes it, duplicates dropped.
-    args.default_precision = "bf16" if cli.autocast_dtype("auto", args.device) else "fp32"
+    args.default_precision = devices.precision_name(cli.autocast_from_flag("auto", args.device))
     args.precision = list(dict.fromkeys(
         args.default_precision if p == "auto" else p for p in args.precision))
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.device.type == "cuda":  # as nets/train.py does
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    devices.use_tf32_on_cuda(args.device)  # as nets.train does
     return args
 
 
@@ -133,7 +137,7 @@ def build_unet(config: UNetConfig, seed: int) -> UNet:
 
 def schedule(timesteps: int) -> core.DiffusionSchedule:
     """The trainer's default: linear β from 1e-4 to 0.02 over T steps."""
-    return core.DiffusionSchedule.from_betas(core.make_betas("linear", timesteps))
+    return make_schedule("linear", timesteps)
 
 
 def training_images(data_dir: str | None, split: str, seed: int,
@@ -142,12 +146,11 @@ def training_images(data_dir: str | None, split: str, seed: int,
 
     Returns the images and a sentence saying which they are.
     """
-    from nets import data as mnist
     try:
-        arrays = mnist.load_mnist(data_dir, split, download=False)
+        arrays = load_mnist(data_dir, split, download=False)
         return arrays.images, f"MNIST {split} split ({len(arrays.images)} images) from " \
-                              f"{data_dir or mnist.default_data_dir()}"
-    except (mnist.MnistUnavailableError, mnist.MnistFormatError) as err:
+                              f"{data_dir or default_data_dir()}"
+    except MNIST_ERRORS as err:
         print(f"note: MNIST not used ({err}); timing random uint8 images instead", file=sys.stderr)
         rng = np.random.default_rng(seed)
         images = rng.integers(0, 256, (fallback_count, 28, 28), dtype=np.uint8)

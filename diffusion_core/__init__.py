@@ -12,12 +12,22 @@ schedule quantities are float64. Step indices `t` are integer arrays aligned to 
 draws random numbers: noise is always an argument. Invalid input raises ValueError naming the
 problem; no public function returns NaN for valid input.
 
-Modules: `schedules` (β schedules), `schedule` (DiffusionSchedule), `forward` (q(x_t|x0)),
+Modules: `betas` (β schedules), `schedule` (DiffusionSchedule), `forward` (q(x_t|x0)),
 `posterior` (q(x_{t-1}|x_t,x0)), `parameterization` (x0 ↔ ε ↔ v), `objectives` (training
 targets), `respacing` (step subsequences), `reverse` (DDPM/DDIM steps), `likelihood`
 (the variational bound). Importing this package does not import torch.
 """
 
+from diffusion_core.betas import (
+    BetaScheduleName,
+    betas_from_alpha_bar,
+    cosine_betas,
+    linear_betas,
+    make_betas,
+    rescale_zero_terminal_snr,
+    sigmoid_betas,
+    validate_betas,
+)
 from diffusion_core.forward import GaussianMoments, q_mean_variance, q_sample
 from diffusion_core.likelihood import (
     approx_standard_normal_cdf,
@@ -52,16 +62,6 @@ from diffusion_core.reverse import (
     reverse_step,
 )
 from diffusion_core.schedule import DiffusionSchedule
-from diffusion_core.schedules import (
-    BetaScheduleName,
-    betas_from_alpha_bar,
-    cosine_betas,
-    linear_betas,
-    make_betas,
-    rescale_zero_terminal_snr,
-    sigmoid_betas,
-    validate_betas,
-)
 
 __all__ = [
     "BetaScheduleName",

@@ -31,7 +31,7 @@ from diffusion_core._inputs import (
     read_only,
 )
 from diffusion_core.objectives import Objective, x0_coefficients
-from diffusion_core.respacing import respace, respaced_alphas, respaced_betas, select_timesteps
+from diffusion_core.respacing import respaced_alphas, respaced_betas
 from diffusion_core.schedule import DiffusionSchedule
 
 __all__ = [
@@ -40,9 +40,7 @@ __all__ = [
     "Variance",
     "ddim_coefficients",
     "ddpm_coefficients",
-    "respace",
     "reverse_step",
-    "select_timesteps",
 ]
 
 Variance = Literal["posterior", "beta"]

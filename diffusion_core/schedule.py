@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from diffusion_core._inputs import read_only
-from diffusion_core.schedules import validate_betas
+from diffusion_core.betas import validate_betas
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)

@@ -1,7 +1,10 @@
-"""Checkpoints: written atomically, loaded without unpickling arbitrary objects.
+"""Checkpoints: written atomically, loaded without unpickling arbitrary objects, and turned back
+into the model they describe.
 
 A checkpoint is a dict of tensors and plain Python values (config dicts, lists, numbers), so
 ``torch.load(weights_only=True)`` reads it: a file from a stranger cannot run code on load.
+Every file carries ``format_version``; a file of another version is refused on load, by name.
+Every problem is a one-line :class:`CheckpointError`; the commands print it and exit 2.
 """
 
 from __future__ import annotations
@@ -10,12 +13,17 @@ import os
 import pickle
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import torch
 
-FORMAT_VERSION = 1
+from nets.data import IMAGE_SHAPE
+from nets.diffusion import Diffusion, make_schedule
+from nets.unet import UNet, UNetConfig
+
+FORMAT_VERSION = 1  # of the dict save_checkpoint writes; bump it when its meaning changes
 
 
 class CheckpointError(ValueError):
@@ -54,12 +62,33 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+    return path
+
+
+def temp_files_of(path: str | os.PathLike) -> list[Path]:
+    """The temporary files that :func:`atomic_write` of ``path`` leaves behind when the process is
+    killed mid-write (``kill -9``, power loss): ``.<name>.XXXX.tmp`` beside it."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+
+
+def remove_stale_temp_files(paths: list[Path]) -> list[Path]:
+    """Delete the orphaned temporary files of ``paths``; call it only while nothing writes them
+    (a run's start). Returns what was removed."""
+    removed = []
+    for tmp in (t for p in paths for t in temp_files_of(p)):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def _fsync_dir(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    return path
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -92,7 +121,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     state = safe_load(path, map_location)
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{path} is not a ddpm checkpoint (no model weights and config)")
+    check_format_version(state, path)
     return state
+
+
+def check_format_version(state: dict, path: Path) -> None:
+    """CheckpointError unless the file is of this package's FORMAT_VERSION (absent: written by
+    hand, read as the current version)."""
+    version = state.get("format_version", FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path} is checkpoint format version {version!r}; this version of "
+                              f"ddpm reads format {FORMAT_VERSION} only")
 
 
 def load_weights(module: torch.nn.Module, weights: object, what: str = "weights") -> None:
@@ -109,12 +148,61 @@ def load_weights(module: torch.nn.Module, weights: object, what: str = "weights"
         if keys:
             problems.append(f"{label}: {_some(keys)}")
     if problems:
-        raise CheckpointError(f"the {what} do not fit the model the saved config describes: "
+        raise CheckpointError(f"the {what} do not fit the U-Net the saved config describes: "
                               + "; ".join(problems))
     try:
         module.load_state_dict(weights)
     except (RuntimeError, TypeError) as err:
         raise CheckpointError(f"the {what} do not load: {str(err).splitlines()[0]}") from None
+
+
+@dataclass
+class LoadedModel:
+    """A trained model ready to sample or score: the U-Net (eval mode, no gradients), its diffusion
+    tables, and what the checkpoint says about it."""
+
+    model: UNet
+    diffusion: Diffusion
+    config: dict  # the TrainConfig saved in the checkpoint, as a dict
+    step: int
+    path: Path
+
+    @property
+    def conditional(self) -> bool:
+        return self.model.config.num_classes > 0
+
+
+def load_model(path: str | os.PathLike, weights: str = "ema",
+               device: torch.device | str = "cpu") -> LoadedModel:
+    """The U-Net and Diffusion a checkpoint describes (``weights``: "ema" or "raw"), on ``device``;
+    any problem with the file, its config or its weights is a CheckpointError."""
+    if weights not in ("ema", "raw"):
+        raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
+    resolved = resolve_checkpoint(path)
+    state = load_checkpoint(resolved)
+    cfg = state["config"]
+    try:
+        if not isinstance(cfg, dict):
+            raise TypeError(f"config is a {type(cfg).__name__}, not a dict")
+        diffusion = Diffusion(make_schedule(cfg["schedule"], int(cfg["timesteps"])),
+                              cfg.get("objective", "eps"))
+        unet_config = UNetConfig.from_dict(cfg["unet"])
+        model = UNet(unet_config)
+        step = int(state.get("step", 0))
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"{resolved} is not a DDPM checkpoint of this package "
+                              f"(its config does not describe a U-Net and schedule: "
+                              f"{type(err).__name__}: {err})") from None
+    if (unet_config.in_channels, unet_config.image_size) != IMAGE_SHAPE[:2]:
+        raise CheckpointError(f"{resolved} is a model of {unet_config.in_channels}×"
+                              f"{unet_config.image_size}² images, not MNIST's 1×28²")
+    key = "ema" if weights == "ema" else "model"
+    if not isinstance(state.get(key), dict):
+        raise CheckpointError(f"{resolved} holds no {weights} weights"
+                              + (" (try --weights raw)" if weights == "ema" else ""))
+    load_weights(model, state[key], f"{weights} weights in {resolved}")
+    model.requires_grad_(False)
+    return LoadedModel(model.to(device).eval(), diffusion.to(device), cfg, step, resolved)
 
 
 def _some(items: list[str], limit: int = 3) -> str:

@@ -1,215 +1,28 @@
-"""The evaluation classifier: a small MNIST CNN trained by the project on the data at hand.
+"""Train the evaluation classifier: ``python -m nets.classifier``.
 
-``python -m nets.classifier --data-dir DIR --split SPLIT --out PATH`` trains it on a seeded
-random part of the split, measures its accuracy on the rest (held out), and saves it atomically
-(``nets.checkpoint.save_checkpoint``) only if that accuracy reaches ``--min-accuracy`` (0.97).
-The file is a dict of tensors and plain values, read back with ``torch.load(weights_only=True)``.
-
-Its penultimate layer (128 ReLU features) is the feature space of the Fréchet distance in
-``nets.evaluate``; its softmax gives the confidence and class-histogram metrics. Inputs are
-uint8 images (N, 28, 28), 0 = black, 255 = white, scaled to [0, 1] inside.
+``python -m nets.classifier --data-dir DIR --split SPLIT --out PATH`` trains the MNIST CNN of
+``nets.evaluation.classifier`` on a seeded random part of the split, measures its accuracy on the
+rest (held out), and saves it only if that accuracy reaches ``--min-accuracy`` (0.97). Its
+features are the space of ``nets.evaluate``'s Fréchet distance.
 """
 
 from __future__ import annotations
 
-import os
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
-
 from nets import cli
-from nets.checkpoint import CheckpointError, safe_load, save_checkpoint
-from nets.data import user_cache_dir
-
-KIND = "mnist-classifier"
-FEATURE_DIM = 128
-CLASSIFIER_ENV = "DDPM_CLASSIFIER"
-
-
-class ClassifierError(ValueError):
-    """A classifier file that cannot be used: missing, unreadable, or not this classifier."""
-
-
-def default_classifier_path() -> Path:
-    """$DDPM_CLASSIFIER, else $XDG_CACHE_HOME/ddpm/classifier.pt, else ~/.cache/ddpm/classifier.pt."""
-    explicit = os.environ.get(CLASSIFIER_ENV)
-    if explicit:
-        return Path(explicit).expanduser()
-    return user_cache_dir() / "classifier.pt"
-
-
-class MnistClassifier(nn.Module):
-    """conv(16) → pool → conv(32) → pool → fc(128) → fc(10); ``features`` is the fc(128) output."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(16)
-        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.bn2 = nn.BatchNorm2d(32)
-        self.fc1 = nn.Linear(32 * 7 * 7, FEATURE_DIM)
-        self.fc2 = nn.Linear(FEATURE_DIM, 10)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, 1, 28, 28) in [0, 1] → (B, 128) non-negative penultimate features."""
-        h = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)  # (B, 16, 14, 14)
-        h = F.max_pool2d(F.relu(self.bn2(self.conv2(h))), 2)  # (B, 32, 7, 7)
-        return F.relu(self.fc1(h.flatten(1)))  # (B, 128)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.features(x))  # (B, 10) logits
-
-
-def to_unit_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 (N, 28, 28) → float32 (N, 1, 28, 28) in [0, 1]."""
-    x = torch.tensor(np.asarray(images, dtype=np.uint8), device=device)  # a copy: inputs may be read-only
-    return x.unsqueeze(1).float() / 255.0
-
-
-@dataclass
-class ClassifierOutputs:
-    features: np.ndarray  # (N, 128) float64
-    probs: np.ndarray  # (N, 10) float64 softmax
-
-
-@torch.inference_mode()
-def classify(model: MnistClassifier, images: np.ndarray, batch_size: int = 1000,
-             device: torch.device | str = "cpu") -> ClassifierOutputs:
-    """Features and class probabilities of uint8 images (N, 28, 28), in batches."""
-    model.eval()
-    feats, probs = [], []
-    for start in range(0, len(images), batch_size):
-        x = to_unit_tensor(images[start:start + batch_size], device)
-        h = model.features(x)
-        feats.append(h.double().cpu().numpy())
-        probs.append(torch.softmax(model.fc2(h).double(), dim=1).cpu().numpy())
-    if not feats:
-        return ClassifierOutputs(np.zeros((0, FEATURE_DIM)), np.zeros((0, 10)))
-    return ClassifierOutputs(np.concatenate(feats), np.concatenate(probs))
-
-
-def holdout_split(n: int, holdout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, held out) of a seeded random split of n images."""
-    order = np.random.default_rng(seed).permutation(n)
-    n_hold = max(1, round(n * holdout_fraction))
-    return np.sort(order[n_hold:]), np.sort(order[:n_hold])
-
-
-def augment(x: torch.Tensor, gen: torch.Generator, shift: float = 2.0, degrees: float = 10.0
-            ) -> torch.Tensor:
-    """Random per-image rotation (±degrees) and translation (±shift px) of x (B, 1, 28, 28)."""
-    b = x.shape[0]
-    u = (torch.rand(b, 3, generator=gen) * 2 - 1).to(x.device)  # (B, 3) in [-1, 1]
-    angle = u[:, 0] * degrees * torch.pi / 180
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    theta = torch.stack([torch.stack([cos, -sin, u[:, 1] * shift * 2 / 28], 1),
-                         torch.stack([sin, cos, u[:, 2] * shift * 2 / 28], 1)], 1)  # (B, 2, 3)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, align_corners=False)
-
-
-def train_classifier(images: np.ndarray, labels: np.ndarray, epochs: int = 8,
-                     batch_size: int = 64, lr: float = 3e-3, seed: int = 0,
-                     device: torch.device | str = "cpu", log: bool = False) -> MnistClassifier:
-    """Adam with a cosine-decayed learning rate on uint8 images (N, 28, 28) and labels (N,)."""
-    torch.manual_seed(seed)
-    model = MnistClassifier().to(device)
-    x = to_unit_tensor(images, device)
-    y = torch.as_tensor(np.asarray(labels, dtype=np.int64), device=device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
-    steps_per_epoch = max(1, len(x) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * steps_per_epoch,
-                                                pct_start=0.15)
-    model.train()
-    for epoch in range(epochs):
-        perm = torch.randperm(len(x), generator=gen).to(device)
-        total = 0.0
-        for i in range(steps_per_epoch):
-            idx = perm[i * batch_size:(i + 1) * batch_size]
-            loss = F.cross_entropy(model(augment(x[idx], gen)), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item()
-        if log:
-            print(f"classifier epoch {epoch + 1}/{epochs}: loss {total / steps_per_epoch:.4f}",
-                  file=sys.stderr)
-    return model.eval()
-
-
-def accuracy(model: MnistClassifier, images: np.ndarray, labels: np.ndarray,
-             device: torch.device | str = "cpu") -> float:
-    probs = classify(model, images, device=device).probs
-    return float(np.mean(probs.argmax(1) == np.asarray(labels)))
-
-
-def save_classifier(model: MnistClassifier, path: str | os.PathLike, info: dict) -> Path:
-    """Write the weights and ``info`` (plain values: accuracy, data used) atomically."""
-    state = {"kind": KIND, "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-             "config": {"feature_dim": FEATURE_DIM}, "info": dict(info)}
-    return save_checkpoint(state, path)
-
-
-def load_classifier(path: str | os.PathLike, device: torch.device | str = "cpu"
-                    ) -> tuple[MnistClassifier, dict]:
-    """Load a file written by :func:`save_classifier` safely; any problem is a ClassifierError."""
-    path = Path(path)
-    if not path.is_file():
-        raise ClassifierError(f"classifier not found: {path}")
-    try:
-        state = safe_load(path, what="classifier")
-    except CheckpointError as err:
-        raise ClassifierError(str(err)) from None
-    if not isinstance(state, dict) or state.get("kind") != KIND:
-        raise ClassifierError(f"{path} is not an MNIST classifier file written by "
-                              f"`python -m nets.classifier`")
-    model = MnistClassifier()
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError, TypeError) as err:
-        raise ClassifierError(f"classifier {path} does not fit the network: "
-                              f"{' '.join(str(err).split())[:300]}") from None
-    return model.to(device).eval(), dict(state.get("info", {}))
-
-
-def train_and_save(images: np.ndarray, labels: np.ndarray, out: Path, *, holdout: float = 0.2,
-                   epochs: int = 8, seed: int = 0, min_accuracy: float = 0.97,
-                   device: torch.device | str = "cpu", source: str = "") -> dict:
-    """Train on a random (1 − holdout) of the images, test on the rest, save if accurate enough.
-
-    Returns the info dict saved with the weights; raises ClassifierError (nothing written) when
-    the held-out accuracy is below ``min_accuracy``.
-    """
-    train_idx, hold_idx = holdout_split(len(images), holdout, seed)
-    t0 = time.perf_counter()
-    model = train_classifier(images[train_idx], labels[train_idx], epochs=epochs, seed=seed,
-                             device=device, log=True)
-    acc = accuracy(model, images[hold_idx], labels[hold_idx], device)
-    info = {"held_out_accuracy": acc, "train_images": len(train_idx),
-            "held_out_images": len(hold_idx), "epochs": epochs, "seed": seed, "source": source,
-            "train_seconds": round(time.perf_counter() - t0, 1)}
-    print(f"classifier: held-out accuracy {100 * acc:.2f}% on {len(hold_idx)} images "
-          f"(trained on {len(train_idx)} in {info['train_seconds']}s)", file=sys.stderr)
-    if acc < min_accuracy:
-        raise ClassifierError(f"held-out accuracy {100 * acc:.2f}% is below the required "
-                              f"{100 * min_accuracy:.0f}%; not saved (train on more images or "
-                              f"epochs)")
-    save_classifier(model, out, info)
-    return info
+from nets.evaluation.classifier import (
+    CLASSIFIER_ENV,
+    ClassifierError,
+    default_classifier_path,
+    train_and_save,
+)
 
 
 def build_parser() -> cli.Parser:
     p = cli.Parser(prog="python -m nets.classifier", description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", help="folder with the MNIST IDX files; default: $DDPM_DATA_DIR "
-                   "or ~/.cache/ddpm/mnist")
+    cli.add_data_dir(p)
     p.add_argument("--split", choices=["train", "test"], default="test",
                    help="MNIST split to train and hold out from")
     p.add_argument("--limit", type=cli.positive_int, help="use only the first N images")
@@ -219,27 +32,20 @@ def build_parser() -> cli.Parser:
     p.add_argument("--holdout", type=cli.float_in(0, 1, high_open=True), default=0.2,
                    help="fraction of the images held out to measure accuracy")
     p.add_argument("--epochs", type=cli.positive_int, default=8, help="passes over the data")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split and the training")
+    cli.add_seed(p, "seed of the split and the training")
     p.add_argument("--min-accuracy", type=cli.float_in(0, 1), default=0.97,
                    help="refuse to save a classifier below this held-out accuracy")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
+    cli.add_device(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    device = cli.pick_device(args.device)
+    device = cli.device_from_flag(args.device)
     out = args.out or default_classifier_path()
-    from nets import data as mnist
+    arrays = cli.mnist_or_exit(args.data_dir, args.split, args.limit)
     try:
-        arrays = mnist.load_mnist(args.data_dir or mnist.default_data_dir(), args.split)
-    except (mnist.MnistUnavailableError, mnist.MnistFormatError) as err:
-        cli.fail(str(err))
-    images, labels = arrays.images, arrays.labels
-    if args.limit:
-        images, labels = images[:args.limit], labels[:args.limit]
-    try:
-        train_and_save(images, labels, out, holdout=args.holdout, epochs=args.epochs,
+        train_and_save(arrays.images, arrays.labels, out, holdout=args.holdout, epochs=args.epochs,
                        seed=args.seed, min_accuracy=args.min_accuracy, device=device,
                        source=f"MNIST {args.split}" + (f"[:{args.limit}]" if args.limit else ""))
     except ClassifierError as err:

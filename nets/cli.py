@@ -1,4 +1,9 @@
-"""Shared command-line plumbing: range-checked argument types and one-line errors (exit 2)."""
+"""What the commands share: range-checked argument types, the flags that mean the same thing in
+every command (--seed, --device, --data-dir, --precision), and one-line errors (exit 2).
+
+The library raises exceptions that name the problem; the ``*_from_flag`` and ``*_or_exit``
+helpers here are the one place each becomes "error: <flag>: <problem>" and an exit code.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,9 @@ import sys
 from pathlib import Path
 
 import torch
+
+from nets import device as devices
+from nets.data import MNIST_ERRORS, MnistArrays, load_mnist
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -86,29 +94,6 @@ def directory(text: str) -> Path:
     return path
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto`` → CUDA, then MPS, then CPU; an explicit device must be available."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        device = torch.device("meta")  # reported just below
-    if device.type not in ("cpu", "cuda", "mps"):
-        fail(f"--device: unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        fail("--device: cuda requested but CUDA is not available")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        fail(f"--device: {name} requested but only {torch.cuda.device_count()} CUDA devices exist")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        fail("--device: mps requested but MPS is not available")
-    return device
-
-
 def ensure_writable_dir(path: Path, flag: str) -> Path:
     """Create ``path`` and prove it writable now, not after an hour of training."""
     try:
@@ -121,33 +106,53 @@ def ensure_writable_dir(path: Path, flag: str) -> Path:
     return path
 
 
-PRECISIONS = ("auto", "fp32", "bf16")
+SEED_MAX = 2**32 - 1
+seed_value = int_at_least(0, SEED_MAX)
 
 
-def has_native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` multiplies in bfloat16 in hardware (CUDA since Ampere; CPUs with
-    AVX512-BF16 or AMX, through oneDNN). Elsewhere bf16 autocast is emulated and slower."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    if device.type == "cpu":
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return False
+def add_seed(p: argparse.ArgumentParser, help: str, default: int = 0) -> None:
+    p.add_argument("--seed", type=seed_value, default=default, help=f"{help}; 0 to {SEED_MAX}")
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The network's autocast dtype for ``--precision``: None means plain float32.
-
-    ``auto`` picks bfloat16 where the device has it natively and float32 elsewhere; the
-    weights, the optimizer, the loss's reduction and every diffusion coefficient stay float32.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r} (use {', '.join(PRECISIONS)})")
-    if precision == "fp32" or (precision == "auto" and not has_native_bf16(device)):
-        return None
-    if device.type not in ("cpu", "cuda"):
-        fail(f"--precision bf16: bfloat16 autocast is not supported on {device.type}; use fp32")
-    return torch.bfloat16
+def add_device(p: argparse.ArgumentParser, default: str = "auto") -> None:
+    p.add_argument("--device", default=default, help=devices.DEVICE_HELP)
 
 
-def describe_precision(dtype: torch.dtype | None) -> str:
-    return "bf16 autocast" if dtype == torch.bfloat16 else "fp32"
+def add_data_dir(p: argparse.ArgumentParser, help: str = "folder with the MNIST IDX files "
+                 "(downloaded there if missing)") -> None:
+    p.add_argument("--data-dir", type=directory, default=None,
+                   help=f"{help}; default: $DDPM_DATA_DIR or ~/.cache/ddpm/mnist")
+
+
+def add_precision(p: argparse.ArgumentParser, note: str, default: str = "auto") -> None:
+    p.add_argument("--precision", choices=devices.PRECISIONS, default=default,
+                   help="the network's arithmetic: bf16 autocast or fp32; auto = bf16 where the "
+                   f"device has it natively (CUDA, CPUs with AVX512-BF16/AMX), else fp32. {note}")
+
+
+def device_from_flag(name: str) -> torch.device:
+    """``--device``'s device, or exit 2 naming the flag."""
+    try:
+        return devices.pick_device(name)
+    except ValueError as err:
+        fail(f"--device: {err}")
+
+
+def autocast_from_flag(precision: str, device: torch.device) -> torch.dtype | None:
+    """``--precision``'s autocast dtype on ``device`` (None: fp32), or exit 2 naming the flag."""
+    try:
+        return devices.autocast_dtype(precision, device)
+    except ValueError as err:
+        fail(f"--precision {precision}: {err}")
+
+
+def mnist_or_exit(data_dir: str | os.PathLike | None, split: str, limit: int | None = None,
+                  download: bool = True) -> MnistArrays:
+    """One MNIST split (the first ``limit`` images), or exit 2 with the loader's message."""
+    try:
+        arrays = load_mnist(data_dir, split, download=download)
+    except MNIST_ERRORS as err:
+        fail(str(err))
+    if limit:
+        return MnistArrays(arrays.images[:limit], arrays.labels[:limit])
+    return arrays

@@ -68,6 +68,8 @@ DEFAULT_MIRRORS: tuple[str, ...] = (
 MIRRORS_ENV = "DDPM_MNIST_MIRRORS"  # comma-separated base URLs, tried in order
 DATA_DIR_ENV = "DDPM_DATA_DIR"
 IMAGE_SIZE = 28
+IMAGE_SHAPE = (1, IMAGE_SIZE, IMAGE_SIZE)  # (C, H, W) as the networks see one digit
+NUM_CLASSES = 10  # digits 0-9; a conditional U-Net's label index NUM_CLASSES means "no label"
 MAX_PAYLOAD_BYTES = 1 << 30  # no IDX file read here may declare more (a gzip-bomb guard)
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -99,6 +101,9 @@ class MnistFormatError(ValueError):
 
 class MnistUnavailableError(RuntimeError):
     """The MNIST files are not in the data directory and no mirror served a verified copy."""
+
+
+MNIST_ERRORS = (MnistUnavailableError, MnistFormatError)  # what `load_mnist` raises for bad data
 
 
 @dataclass(frozen=True)
@@ -278,10 +283,10 @@ def load_mnist(data_dir: str | os.PathLike[str] | None, split: Split, download: 
     if len(images) != len(labels):
         raise MnistFormatError(images_path, f"holds {len(images):,} images but {labels_path} "
                                             f"holds {len(labels):,} labels")
-    bad = np.flatnonzero(labels > 9)
+    bad = np.flatnonzero(labels >= NUM_CLASSES)
     if bad.size:
-        raise MnistFormatError(labels_path, f"label values must be 0..9; found {labels[bad[0]]} "
-                                            f"at index {bad[0]} ({bad.size:,} such labels)")
+        raise MnistFormatError(labels_path, f"label values must be 0..{NUM_CLASSES - 1}; found "
+                                            f"{labels[bad[0]]} at index {bad[0]} ({bad.size:,} such labels)")
     for path, header, array, spec in ((images_path, images_header, images, images_spec),
                                       (labels_path, labels_header, labels, labels_spec)):
         problem = _integrity_problem(header, array, spec)

@@ -14,6 +14,11 @@ from torch import nn
 import diffusion_core as core
 
 
+def make_schedule(name: str, timesteps: int) -> core.DiffusionSchedule:
+    """The core's tables for a named β schedule over T steps (a run's --schedule, --timesteps)."""
+    return core.DiffusionSchedule.from_betas(core.make_betas(name, timesteps))
+
+
 def as_table(array: np.ndarray, device: torch.device | str | None = None) -> torch.Tensor:
     """A core table as a tensor: float64 where the device supports it (MPS does not)."""
     dtype = torch.float32 if torch.device(device or "cpu").type == "mps" else torch.float64

@@ -31,16 +31,24 @@ def save_grid(images: np.ndarray, path: Path, ncol: int | None = None, scale: in
     plt.imsave(path, grid, cmap="gray", vmin=0, vmax=255)
 
 
+def smoothed(values: np.ndarray, beta: float = 0.98) -> np.ndarray:
+    """Bias-corrected exponential average (Kingma & Ba 2015, Adam's m̂): at step i the weighted
+    mean Σ_j β^(i-j) v_j / Σ_j β^(i-j) of the values so far, so the curve follows the data from
+    the first step instead of lagging behind a start value."""
+    out = np.empty(len(values), dtype=np.float64)
+    m = 0.0
+    for i, value in enumerate(values):
+        m = beta * m + (1 - beta) * value
+        out[i] = m / (1 - beta ** (i + 1))
+    return out
+
+
 def plot_loss(steps: np.ndarray, losses: np.ndarray, epochs: np.ndarray, path: Path) -> None:
-    """F1: per-step loss, an exponentially smoothed curve, and each epoch's mean marked."""
+    """F1: per-step loss, its bias-corrected exponential average, and each epoch's mean marked."""
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, losses, color="tab:blue", alpha=0.25, lw=0.8, label="per-step loss")
-    smooth = np.empty_like(losses)
-    acc, beta = losses[0], 0.98
-    for i, value in enumerate(losses):  # bias-free EMA: plot starts at the first loss
-        acc = beta * acc + (1 - beta) * value
-        smooth[i] = acc
-    ax.plot(steps, smooth, color="tab:blue", lw=1.8, label="smoothed (EMA 0.98)")
+    ax.plot(steps, smoothed(losses, 0.98), color="tab:blue", lw=1.8,
+            label="smoothed (bias-corrected EMA 0.98)")
     for epoch in np.unique(epochs):
         sel = epochs == epoch
         ax.plot(steps[sel].mean(), losses[sel].mean(), "o", color="tab:red", ms=5,

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import diffusion_core as core
-from nets import cli
+from nets import device as devices
 from nets.diffusion import Diffusion
 from nets.sampling import DeviceCoefficients, make_coefficients, sample
 from nets.unet import UNet, UNetConfig
@@ -119,7 +119,7 @@ def test_train_speed_runs_tiny_and_writes_json(tmp_path, capsys):
     result = json.loads(out.read_text())
     rows = {r["variant"]: r for r in result["results"]}
     p = result["settings"]["default_precision"]  # --quick times the trainer's own default: auto
-    assert p == ("bf16" if cli.has_native_bf16(torch.device("cpu")) else "fp32")
+    assert p == ("bf16" if devices.has_native_bf16(torch.device("cpu")) else "fp32")
     assert list(rows) == ["naive", f"project {p}", f"project {p} cl", "naive input", "project input"]
     assert "x naive" in table and result["data"].startswith("random uint8")  # no MNIST in tmp_path
     assert f"by default (--precision auto = {p})" in table
@@ -154,7 +154,7 @@ def test_sample_speed_runs_tiny_and_writes_json(tmp_path, capsys):
 def test_precision_auto_becomes_the_devices_default_and_duplicates_go():
     args = train_speed.build_parser().parse_args(["--precision", "auto,fp32,bf16,auto", "--device", "cpu"])
     args = workload.resolve(args, train_speed.DEFAULTS, train_speed.QUICK)
-    native = cli.has_native_bf16(torch.device("cpu"))
+    native = devices.has_native_bf16(torch.device("cpu"))
     assert args.default_precision == ("bf16" if native else "fp32")
     assert args.precision == (["bf16", "fp32"] if native else ["fp32", "bf16"])
 

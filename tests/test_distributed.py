@@ -25,8 +25,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from nets import distributed, train
+from nets import train
 from nets.checkpoint import load_checkpoint
+from nets.training import distributed
+from nets.training.config import TrainConfig, lr_at
+from nets.training.metrics_log import read_metrics
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -40,7 +43,7 @@ STEPS = 6
 # With fp32 CPU training in channels_last (the convolutions' bias gradients are reduced in another
 # order) that one entry differs by up to 3.7e-5; the others by less than 1e-6. So: every entry
 # within a quarter of Σ lr, and all but a handful (0.1 %) within 1e-6.
-SUM_LR = sum(train.lr_at(s, train.TrainConfig()) for s in range(STEPS))  # the default warm-up
+SUM_LR = sum(lr_at(s, TrainConfig()) for s in range(STEPS))  # the default warm-up
 WEIGHT_ATOL = SUM_LR / 4
 TIGHT_ATOL, TIGHT_SHARE = 1e-6, 0.999
 
@@ -68,7 +71,7 @@ def two_processes(cwd: Path, *argv, timeout: float = 120) -> subprocess.Complete
 
 
 def losses(run_dir: Path) -> list[float]:
-    return [row["loss"] for row in train.read_metrics(run_dir / "metrics.jsonl")]
+    return [row["loss"] for row in read_metrics(run_dir / "metrics.jsonl")]
 
 
 def assert_same_weights(got: dict, want: dict) -> None:
@@ -230,7 +233,7 @@ def test_sigint_to_rank_0_saves_a_checkpoint_and_stops_every_rank_with_130(tmp_p
     assert step % 3 == 0 and f"interrupted at step {step}: checkpoint saved" in out
     assert "exitcode  : 130" in out, out[-3000:]
     assert "[rank0]:" not in out and "[rank1]:" not in out  # torch's prefix of a worker's traceback
-    assert len(train.read_metrics(job.run_dir / "metrics.jsonl")) == step
+    assert len(read_metrics(job.run_dir / "metrics.jsonl")) == step
 
 
 @pytest.mark.slow
@@ -255,7 +258,7 @@ def test_a_rank_that_stops_responding_fails_the_others_after_dist_timeout(tmp_pa
 
 REPLICA_SCRIPT = """
 import torch
-from nets import distributed
+from nets.training import distributed
 
 def main():
     world = distributed.setup(torch.device("cpu"), 30)

@@ -15,9 +15,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import diffusion_core as core
-from nets import classifier as clf
-from nets import evaluate, metrics
+from nets import evaluate
 from nets.diffusion import Diffusion, as_table
+from nets.evaluation import classifier as clf
+from nets.evaluation import metrics, protocol
+from nets.evaluation.nll import nll_bits_per_dim
 
 # ---------------------------------------------------------------------------------------------
 # Fréchet distance
@@ -120,13 +122,13 @@ def test_nearest_neighbour_distances_match_a_loop():
     assert metrics.nearest_neighbour_distances(r[:3], r).max() < 0.05  # copies: ~0
 
 
-@pytest.mark.parametrize("n", [50, evaluate.BASELINE_IMAGES + 30])
+@pytest.mark.parametrize("n", [50, protocol.BASELINE_IMAGES + 30])
 def test_memorisation_baseline_without_held_out_images_is_leave_one_out(n):
     train = np.random.default_rng(6).integers(0, 256, (n, 28, 28), dtype=np.uint8)
-    ref = evaluate.make_reference(train, train[:0], seed=0)
+    ref = protocol.make_reference(train, train[:0], seed=0)
     loo = metrics.nearest_neighbour_distances(train, train, exclude_self=True)
     assert ref.baseline_kind == "leave-one-out"
-    assert len(ref.baseline_nn) == min(n, evaluate.BASELINE_IMAGES)
+    assert len(ref.baseline_nn) == min(n, protocol.BASELINE_IMAGES)
     # Each baseline distance is some image's leave-one-out distance, to float32 round-off (the
     # chunked ‖q‖² + ‖r‖² − 2q·r differs in its last bits between query subsets).
     nearest = np.abs(ref.baseline_nn[:, None] - loo[None, :]).min(axis=1)
@@ -194,7 +196,7 @@ def test_nll_of_an_oracle_denoiser_is_the_prior_plus_the_decoder_term():
     images[:, :4] = 0  # some pixels in each edge bin
     images[:, -4:] = 255
     x0 = torch.from_numpy(images).double().unsqueeze(1) / 127.5 - 1
-    nll = evaluate.nll_bits_per_dim(OracleDenoiser(schedule, x0), Diffusion(schedule), images,
+    nll = nll_bits_per_dim(OracleDenoiser(schedule, x0), Diffusion(schedule), images,
                                     batch_size=3)
     # independent closed forms: KL(N(√ᾱ_T x0, 1-ᾱ_T) ‖ N(0, 1)) and the exact Φ bin mass
     a_T = schedule.alphas_cumprod[-1]
@@ -339,7 +341,7 @@ def test_cli_train_sample_evaluate_round_trip(tmp_path, real_mnist_dir, trained_
 
 
 def test_a_text_file_as_classifier_is_a_classifier_error(tmp_path):
-    from nets.classifier import ClassifierError, load_classifier
+    from nets.evaluation.classifier import ClassifierError, load_classifier
 
     path = tmp_path / "classifier.pt"
     path.write_text("not a torch file\n" * 20)

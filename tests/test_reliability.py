@@ -28,6 +28,7 @@ import torch
 
 from nets import train
 from nets.checkpoint import load_checkpoint
+from nets.training.metrics_log import read_metrics
 
 TINY = ["--split", "test", "--limit", "64", "--batch-size", "8", "--base-channels", "8",
         "--channel-mults", "1,2", "--timesteps", "50", "--no-figures"]
@@ -62,7 +63,7 @@ def reference(tmp_path_factory, mnist):
     code, stderr = run_in_process(*TINY, "--data-dir", mnist, "--max-steps", STEPS,
                                   "--run-dir", run_dir)
     assert code == 0, stderr
-    return train.read_metrics(run_dir / "metrics.jsonl"), load_checkpoint(run_dir)
+    return read_metrics(run_dir / "metrics.jsonl"), load_checkpoint(run_dir)
 
 
 def assert_same_training_state(got: dict, want: dict) -> None:
@@ -153,7 +154,7 @@ def test_kill_9_at_random_moments_keeps_a_loadable_checkpoint_and_the_run_comple
             code, stderr = child.finish()
         assert code == -signal.SIGKILL, f"the run ended before the kill: {stderr[-1000:]}"
         state = load_checkpoint(run_dir)
-        rows = train.read_metrics(run_dir / "metrics.jsonl")
+        rows = read_metrics(run_dir / "metrics.jsonl")
         assert saved[-1] <= state["step"] <= rows[-1]["step"]
         assert rows == ref_rows[: len(rows)]  # nothing logged twice, skipped or altered
         assert all_finite(state)
@@ -163,7 +164,7 @@ def test_kill_9_at_random_moments_keeps_a_loadable_checkpoint_and_the_run_comple
 
     code, stderr = run_in_process("--resume", run_dir)
     assert code == 0, stderr
-    assert train.read_metrics(run_dir / "metrics.jsonl") == ref_rows
+    assert read_metrics(run_dir / "metrics.jsonl") == ref_rows
     assert_same_training_state(load_checkpoint(run_dir), ref_state)
 
 
@@ -232,14 +233,14 @@ def test_sigint_then_sigterm_each_save_and_exit_by_convention_and_the_run_resume
         assert stopped < state["step"] < STEPS
         assert f"interrupted at step {state['step']}: checkpoint saved" in stderr
         assert "Traceback" not in stderr
-        assert train.read_metrics(run_dir / "metrics.jsonl") == ref_rows[: state["step"]]
+        assert read_metrics(run_dir / "metrics.jsonl") == ref_rows[: state["step"]]
         print(f"{signal.Signals(signum).name} landed at step {state['step']}")
         where, stopped = ["--resume", run_dir], state["step"]
 
     code, stderr = run_in_process("--resume", run_dir)
     assert code == 0, stderr
     assert f"resumed from step {stopped}" in stderr
-    assert train.read_metrics(run_dir / "metrics.jsonl") == ref_rows
+    assert read_metrics(run_dir / "metrics.jsonl") == ref_rows
     assert_same_training_state(load_checkpoint(run_dir), ref_state)
 
 
@@ -259,7 +260,7 @@ def test_a_run_stopped_and_resumed_is_bit_identical_to_the_uninterrupted_run(
         assert load_checkpoint(run_dir)["step"] == stop
     code, stderr = run_in_process("--resume", run_dir, "--max-steps", STEPS, "--log-every", 7)
     assert code == 0, stderr
-    assert train.read_metrics(run_dir / "metrics.jsonl") == ref_rows
+    assert read_metrics(run_dir / "metrics.jsonl") == ref_rows
     assert_same_training_state(load_checkpoint(run_dir), ref_state)
 
 
@@ -271,7 +272,7 @@ def test_a_conditional_run_with_dropout_resumes_bit_identically(tmp_path, mnist)
     assert run_in_process(*args, "--max-steps", 12, "--run-dir", whole)[0] == 0
     assert run_in_process(*args, "--max-steps", 5, "--run-dir", split)[0] == 0
     assert run_in_process("--resume", split, "--max-steps", 12)[0] == 0
-    assert train.read_metrics(split / "metrics.jsonl") == train.read_metrics(whole / "metrics.jsonl")
+    assert read_metrics(split / "metrics.jsonl") == read_metrics(whole / "metrics.jsonl")
     assert_same_training_state(load_checkpoint(split), load_checkpoint(whole))
 
 
@@ -284,7 +285,7 @@ def test_a_row_torn_by_a_kill_mid_append_does_not_block_resume(tmp_path, mnist, 
         f.write('{"step": 5, "epoch": 0, "lo')
     code, stderr = run_in_process("--resume", run_dir, "--max-steps", 6)
     assert code == 0, stderr
-    assert train.read_metrics(run_dir / "metrics.jsonl") == ref_rows[:6]
+    assert read_metrics(run_dir / "metrics.jsonl") == ref_rows[:6]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,7 +313,7 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     assert (run_dir / "checkpoint.pt").read_bytes() == good
     state = load_checkpoint(run_dir)
     assert state["step"] == 2 and all_finite(state)
-    assert [r["step"] for r in train.read_metrics(run_dir / "metrics.jsonl")] == [1, 2]
+    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == [1, 2]
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt", "config.json",
                                                          "metrics.jsonl"]
 
@@ -367,7 +368,7 @@ def test_a_full_disk_mid_run_exits_1_and_keeps_the_last_checkpoint(tmp_path, mni
                                                          "metrics.jsonl"]
     code, stderr = run_in_process("--resume", run_dir, "--max-steps", 4)
     assert code == 0, stderr
-    assert train.read_metrics(run_dir / "metrics.jsonl") == ref_rows[:4]
+    assert read_metrics(run_dir / "metrics.jsonl") == ref_rows[:4]
 
 
 def test_a_fresh_run_refuses_a_run_dir_that_holds_a_checkpoint(tmp_path, mnist):

@@ -52,6 +52,7 @@ BAD = {
     "--num-samples": ["0"],
     "--sample-steps": ["0", "51"],  # 51 > --timesteps 50
     "--no-figures": ["=1"],
+    "--redo-figures": ["=1"],
 }
 CASES = [(flag, value) for flag, values in BAD.items() for value in values]
 

@@ -18,8 +18,8 @@ import diffusion_core as core
 from nets import sample as sample_cli
 from nets.checkpoint import save_checkpoint
 from nets.diffusion import Diffusion, as_table
-from nets.sampling import DeviceCoefficients, make_coefficients, sample
-from nets.train import TrainConfig
+from nets.sampling import DeviceCoefficients, class_labels, generate, make_coefficients, sample
+from nets.training.config import TrainConfig
 from nets.unet import UNet, UNetConfig
 
 MU, S = 0.3, 0.2  # the data distribution N(μ, s²) of every pixel
@@ -141,9 +141,9 @@ def test_samplers_give_finite_images_in_range_repeatable_by_seed(sampler, steps,
     out = sample(model, diffusion, coeffs, x_T, lambda k, like: torch.randn_like(like)).images
     assert out.shape == (6, 1, 28, 28) and out.dtype == torch.float32
     assert torch.isfinite(out).all() and out.abs().max() <= 1.0
-    a = sample_cli.generate(model, diffusion, coeffs, 10, 4, seed=1)
-    b = sample_cli.generate(model, diffusion, coeffs, 10, 4, seed=1)
-    c = sample_cli.generate(model, diffusion, coeffs, 10, 4, seed=2)
+    a = generate(model, diffusion, coeffs, 10, 4, seed=1)
+    b = generate(model, diffusion, coeffs, 10, 4, seed=1)
+    c = generate(model, diffusion, coeffs, 10, 4, seed=2)
     assert a.images.shape == (10, 28, 28) and a.images.dtype == np.uint8
     np.testing.assert_array_equal(a.images, b.images)
     assert (a.images != c.images).mean() > 0.5
@@ -152,15 +152,15 @@ def test_samplers_give_finite_images_in_range_repeatable_by_seed(sampler, steps,
 def test_generate_records_a_trajectory_of_the_first_batch():
     model, diffusion = tiny_model(), tiny_diffusion()
     coeffs = DeviceCoefficients(make_coefficients(diffusion.schedule, "ddpm"))
-    g = sample_cli.generate(model, diffusion, coeffs, 5, 3, seed=0, trajectory=True)
+    g = generate(model, diffusion, coeffs, 5, 3, seed=0, trajectory=True)
     assert g.trajectory.shape == (11, 3, 28, 28) and g.trajectory.dtype == np.uint8
     assert g.trajectory_timesteps[0] == 20 and g.trajectory_timesteps[-1] == 0
     np.testing.assert_array_equal(g.trajectory[-1], g.images[:3])
 
 
 def test_class_labels_cycle_or_repeat():
-    np.testing.assert_array_equal(sample_cli.class_labels(12, "all"), [*range(10), 0, 1])
-    np.testing.assert_array_equal(sample_cli.class_labels(3, "7"), [7, 7, 7])
+    np.testing.assert_array_equal(class_labels(12, "all"), [*range(10), 0, 1])
+    np.testing.assert_array_equal(class_labels(3, "7"), [7, 7, 7])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import torch
 
 import diffusion_core as core
 from nets.diffusion import Diffusion
-from nets.sampling import DeviceCoefficients, make_coefficients, reverse_step
+from nets.sampling import DeviceCoefficients, chain, make_coefficients
 
 SCHEDULES = {
     "linear": core.DiffusionSchedule.from_betas(core.linear_betas(1000)),
@@ -18,6 +18,12 @@ def batch(seed=0, n=6):
     rng = np.random.default_rng(seed)
     x0 = rng.uniform(-1, 1, (n, 1, 4, 4))
     return x0, rng.standard_normal((n, 1, 4, 4)), rng.standard_normal((n, 1, 4, 4))
+
+
+def torch_reverse_step(dev, k, diffusion, xt, output, z):
+    """Step k through the sampler's own (K, 7) table and update: what `sample` runs per step."""
+    row = chain._step_table(dev, diffusion, xt.dtype)[k]
+    return chain._update(xt, output, z, chain._StepCoefficients(*row.unbind(0)), clip_x0=True)
 
 
 @pytest.mark.parametrize("name", SCHEDULES)
@@ -58,8 +64,8 @@ def test_torch_reverse_step_equals_core_reverse_step(sampler, kw, objective):
     xt = core.q_sample(sched, x0, np.full(6, coeffs.timesteps[0]), z)
     for k in [0, 1, len(coeffs.timesteps) // 2, len(coeffs.timesteps) - 1]:
         ref = core.reverse_step(coeffs, k, xt, out, z, objective=objective, clip_x0=True)
-        x_prev, x0_pred = reverse_step(dev, k, diff, torch.from_numpy(xt), torch.from_numpy(out),
-                                       torch.from_numpy(z))
+        x_prev, x0_pred = torch_reverse_step(dev, k, diff, torch.from_numpy(xt),
+                                             torch.from_numpy(out), torch.from_numpy(z))
         np.testing.assert_allclose(x0_pred.numpy(), ref.x0_pred, atol=1e-12)
         np.testing.assert_allclose(x_prev.numpy(), ref.x_prev, atol=1e-12)
 

@@ -11,6 +11,8 @@ import torch
 import diffusion_core as core
 from nets import train
 from nets.diffusion import Diffusion
+from nets.training.config import TrainConfig, ema_decay_at, lr_at
+from nets.training.step import draw_batch, epoch_permutation, memory_format_for, train_step
 from nets.unet import UNet, UNetConfig
 
 TINY_MODEL = ["--base-channels", "8", "--channel-mults", "1,2", "--timesteps", "50"]
@@ -81,45 +83,45 @@ def test_cli_end_to_end_writes_checkpoint_metrics_and_three_figures(tmp_path, re
 
 
 def test_lr_warms_up_linearly_then_stays_at_the_peak():
-    cfg = train.TrainConfig(lr=1e-3, warmup_steps=10)
-    assert train.lr_at(0, cfg) == pytest.approx(1e-4)
-    assert train.lr_at(9, cfg) == pytest.approx(1e-3)
-    assert train.lr_at(5000, cfg) == 1e-3
+    cfg = TrainConfig(lr=1e-3, warmup_steps=10)
+    assert lr_at(0, cfg) == pytest.approx(1e-4)
+    assert lr_at(9, cfg) == pytest.approx(1e-3)
+    assert lr_at(5000, cfg) == 1e-3
 
 
 def test_ema_decay_warms_up_from_small_to_the_configured_value():
-    cfg = train.TrainConfig(ema_decay=0.999)
-    assert train.ema_decay_at(0, cfg) == pytest.approx(0.1)
-    assert train.ema_decay_at(10**6, cfg) == 0.999
+    cfg = TrainConfig(ema_decay=0.999)
+    assert ema_decay_at(0, cfg) == pytest.approx(0.1)
+    assert ema_decay_at(10**6, cfg) == 0.999
 
 
 def test_epoch_permutation_depends_only_on_seed_and_epoch():
-    a = train.epoch_permutation(3, 5, 100, torch.device("cpu"))
-    assert torch.equal(a, train.epoch_permutation(3, 5, 100, torch.device("cpu")))
-    assert not torch.equal(a, train.epoch_permutation(3, 6, 100, torch.device("cpu")))
+    a = epoch_permutation(3, 5, 100, torch.device("cpu"))
+    assert torch.equal(a, epoch_permutation(3, 5, 100, torch.device("cpu")))
+    assert not torch.equal(a, epoch_permutation(3, 6, 100, torch.device("cpu")))
     assert sorted(a.tolist()) == list(range(100))
 
 
 def test_precision_fp32_means_no_autocast_and_bf16_means_bfloat16():
-    from nets import cli
+    from nets import device as devices
     cpu = torch.device("cpu")
-    assert cli.autocast_dtype("fp32", cpu) is None
-    assert cli.autocast_dtype("bf16", cpu) is torch.bfloat16
+    assert devices.autocast_dtype("fp32", cpu) is None
+    assert devices.autocast_dtype("bf16", cpu) is torch.bfloat16
     with pytest.raises(ValueError, match="unknown precision 'fp16'"):
-        cli.autocast_dtype("fp16", cpu)
+        devices.autocast_dtype("fp16", cpu)
 
 
 def test_auto_precision_is_bf16_exactly_where_the_cpu_has_native_bf16():
-    from nets import cli
+    from nets import device as devices
     cpu = torch.device("cpu")
     native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    assert cli.has_native_bf16(cpu) == native
-    assert cli.autocast_dtype("auto", cpu) is (torch.bfloat16 if native else None)
+    assert devices.has_native_bf16(cpu) == native
+    assert devices.autocast_dtype("auto", cpu) is (torch.bfloat16 if native else None)
 
 
 def tiny_step_inputs(seed=0):
     torch.manual_seed(seed)
-    cfg = train.TrainConfig(timesteps=50, batch_size=8, lr=1e-3, warmup_steps=1)
+    cfg = TrainConfig(timesteps=50, batch_size=8, lr=1e-3, warmup_steps=1)
     model = UNet(UNetConfig(base_channels=8, channel_mults=(1, 2)))
     with torch.no_grad():  # wake the zero-initialised output layers, so the network's arithmetic shows
         for p in model.parameters():
@@ -128,7 +130,7 @@ def tiny_step_inputs(seed=0):
     ema.load_state_dict(model.state_dict())
     data = torch.rand(32, 1, 28, 28) * 2 - 1
     gen = torch.Generator().manual_seed(seed)
-    batch = train.draw_batch(data, torch.zeros(32, dtype=torch.int64), torch.arange(8), slice(None),
+    batch = draw_batch(data, torch.zeros(32, dtype=torch.int64), torch.arange(8), slice(None),
                              gen, cfg)
     diffusion = Diffusion(core.DiffusionSchedule.from_betas(core.linear_betas(50)))
     return cfg, model, ema, torch.optim.AdamW(model.parameters(), lr=cfg.lr), diffusion, batch
@@ -140,7 +142,7 @@ def test_train_step_returns_the_batch_loss_and_moves_weights_and_ema(amp_dtype):
     before = [p.detach().clone() for p in model.parameters()]
     with torch.no_grad():
         expected = diffusion.loss(model, batch.x0, batch.t, batch.noise).item()
-    loss = train.train_step(model, model, ema, opt, diffusion, batch, 0, cfg, amp_dtype)
+    loss = train_step(model, model, ema, opt, diffusion, batch, 0, cfg, amp_dtype)
     assert not loss.requires_grad and loss.dtype == torch.float32
     # bf16 rounds the network's arithmetic to 8 bits of mantissa: the loss to ~1 %
     assert loss.item() == pytest.approx(expected, rel=1e-6 if amp_dtype is None else 3e-2)
@@ -154,11 +156,11 @@ def test_train_step_returns_the_batch_loss_and_moves_weights_and_ema(amp_dtype):
 
 
 def test_draw_batch_is_the_same_global_batch_split_over_ranks():
-    cfg = train.TrainConfig(timesteps=50, conditional=True, label_dropout=0.5)
+    cfg = TrainConfig(timesteps=50, conditional=True, label_dropout=0.5)
     data, labels = torch.randn(16, 1, 28, 28), torch.arange(16) % 10
     idx = torch.randperm(16)[:8]
-    whole = train.draw_batch(data, labels, idx, slice(None), torch.Generator().manual_seed(1), cfg)
-    halves = [train.draw_batch(data, labels, idx, rows, torch.Generator().manual_seed(1), cfg)
+    whole = draw_batch(data, labels, idx, slice(None), torch.Generator().manual_seed(1), cfg)
+    halves = [draw_batch(data, labels, idx, rows, torch.Generator().manual_seed(1), cfg)
               for rows in (slice(0, 4), slice(4, 8))]
     for field in ("x0", "t", "noise", "y"):
         torch.testing.assert_close(torch.cat([getattr(h, field) for h in halves]), getattr(whole, field))
@@ -179,9 +181,9 @@ def test_precision_is_saved_and_may_change_when_a_run_resumes(tmp_path, real_mni
 
 def test_memory_format_is_channels_last_only_for_fp32_on_cpu():
     cpu = torch.device("cpu")
-    assert train.memory_format_for(cpu, None) == torch.channels_last
-    assert train.memory_format_for(cpu, torch.bfloat16) == torch.contiguous_format
-    assert train.memory_format_for(torch.device("cuda"), None) == torch.contiguous_format
+    assert memory_format_for(cpu, None) == torch.channels_last
+    assert memory_format_for(cpu, torch.bfloat16) == torch.contiguous_format
+    assert memory_format_for(torch.device("cuda"), None) == torch.contiguous_format
 
 
 def test_channels_last_training_gives_the_contiguous_losses(tmp_path, real_mnist_dir, monkeypatch, capsys):
@@ -189,7 +191,8 @@ def test_channels_last_training_gives_the_contiguous_losses(tmp_path, real_mnist
             "--max-steps", "8", "--log-every", "4", "--no-figures", "--precision", "fp32", *TINY_MODEL]
     assert run_train(tmp_path, "cl", *args)[0] == 0
     assert "fp32 (--precision fp32 on cpu), channels_last activations" in capsys.readouterr().err
-    monkeypatch.setattr(train, "memory_format_for", lambda device, amp: torch.contiguous_format)
+    from nets.training import run as training_run
+    monkeypatch.setattr(training_run, "memory_format_for", lambda device, amp: torch.contiguous_format)
     assert run_train(tmp_path, "contiguous", *args)[0] == 0
     assert "contiguous activations" in capsys.readouterr().err
     cl, contiguous = losses_of(tmp_path / "cl"), losses_of(tmp_path / "contiguous")

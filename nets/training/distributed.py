@@ -1,4 +1,4 @@
-"""Multi-process training with torch.distributed: the plumbing that ``nets/train.py`` calls.
+"""Multi-process training with torch.distributed: the plumbing the training loop calls.
 
 ``torchrun --nproc_per_node=N -m nets.train ...`` starts N copies of the training script and sets
 RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT in each; :func:`setup` reads them and
@@ -30,8 +30,6 @@ from datetime import timedelta
 import numpy as np
 import torch
 import torch.distributed as dist
-
-from nets import cli
 
 
 class ReplicaMismatchError(RuntimeError):
@@ -104,11 +102,6 @@ class World:
                                                               if len(differ) > 3 else "")
             raise ReplicaMismatchError(f"the {self.size} ranks hold different weights in {shown}")
 
-    def barrier(self) -> None:
-        """Wait until every rank gets here (say, until rank 0 has written a checkpoint)."""
-        if self.size > 1:
-            dist.barrier()
-
     def leave(self) -> None:
         """Every rank meets here, then all leave the process group together: no rank ends (see
         ``run``) while another still talks to it, and rank 0 makes the figures without a group."""
@@ -150,28 +143,30 @@ def setup(device: torch.device, timeout_s: float) -> World:
 
     On CUDA each rank takes GPU LOCAL_RANK and NCCL; on CPU, gloo. ``timeout_s`` bounds how long
     a rank waits in a collective for the others before the job fails instead of hanging.
+    Raises ValueError (naming the variable or flag) for a launch that cannot work.
     """
     try:
         size = int(os.environ.get("WORLD_SIZE", "1"))
         rank = int(os.environ.get("RANK", "0"))
         local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
     except ValueError as err:
-        cli.fail(f"torchrun's WORLD_SIZE, RANK and LOCAL_RANK must be integers: {err}")
+        raise ValueError(f"torchrun's WORLD_SIZE, RANK and LOCAL_RANK must be integers: {err}") from None
     if size <= 1:
         return World(device=device)
     if device.type == "cuda":
         if device.index is not None:
-            cli.fail(f"--device {device}: under torchrun each rank takes GPU LOCAL_RANK; pass --device cuda")
+            raise ValueError(f"--device {device}: under torchrun each rank takes GPU LOCAL_RANK; "
+                             f"pass --device cuda")
         if local_rank >= torch.cuda.device_count():
-            cli.fail(f"local rank {local_rank} has no GPU: {torch.cuda.device_count()} on this machine; "
-                     f"start at most that many processes per node (--nproc_per_node)")
+            raise ValueError(f"local rank {local_rank} has no GPU: {torch.cuda.device_count()} on "
+                             f"this machine; start at most that many processes per node (--nproc_per_node)")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         backend = "nccl"
     elif device.type == "cpu":
         backend = "gloo"
     else:
-        cli.fail(f"--device {device}: torch.distributed trains on cuda (NCCL) or cpu (gloo) only")
+        raise ValueError(f"--device {device}: torch.distributed trains on cuda (NCCL) or cpu (gloo) only")
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     _joined_a_group.append(True)  # run() ends this process with os._exit (see there)
     return World(rank=rank, local_rank=local_rank, size=size, device=device)

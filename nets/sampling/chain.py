@@ -1,4 +1,4 @@
-"""Reverse-process sampling on the device, driven by diffusion_core's ReverseCoefficients.
+"""The reverse chain on the device, driven by diffusion_core's ReverseCoefficients.
 
 One loop serves DDPM (σ² = β̃ or β) and DDIM (any η, any respaced step list): the core reduces
 every step to ``x_prev = A_k·x̂0 + B_k·ε̂ + σ_k·z``. All tables are moved to the device once;
@@ -29,6 +29,7 @@ import diffusion_core as core
 from nets.diffusion import Diffusion, as_table
 
 NoiseFn = Callable[[int, torch.Tensor], torch.Tensor]
+SAMPLERS = ("ddpm", "ddim")
 
 
 @dataclass
@@ -91,22 +92,11 @@ def _update(xt: torch.Tensor, output: torch.Tensor, noise: torch.Tensor | None,
     return x_prev, x0
 
 
-def reverse_step(coeffs: DeviceCoefficients, k: int, diffusion: Diffusion, xt: torch.Tensor,
-                 output: torch.Tensor, noise: torch.Tensor | None, clip_x0: bool = True):
-    """One step k of the reverse process; mirrors ``diffusion_core.reverse_step``. → (x_prev, x̂0)."""
-    t = coeffs.timesteps[k]
-    tables = (diffusion.x0_from_xt_coef[t], diffusion.x0_from_output_coef[t],
-              coeffs.sqrt_alphas_cumprod[k], coeffs.sqrt_one_minus_alphas_cumprod[k],
-              coeffs.x0_coef[k], coeffs.eps_coef[k], coeffs.sigma[k])
-    c = _StepCoefficients(*(v.to(xt.dtype) for v in tables))
-    return _update(xt, output, noise, c, clip_x0)
-
-
 def _step_table(coeffs: DeviceCoefficients, diffusion: Diffusion, dtype: torch.dtype) -> torch.Tensor:
     """(K, 7) in ``dtype``: row k holds the fields of ``_StepCoefficients`` for step k.
 
-    Each float64 entry is rounded to ``dtype`` once, exactly as :func:`reverse_step` rounds it
-    per step, so the table changes no result.
+    Each float64 entry is rounded to ``dtype`` once, as a per-step gather and cast would round
+    it, so the table changes no result.
     """
     t = coeffs.timesteps
     columns = (diffusion.x0_from_xt_coef[t], diffusion.x0_from_output_coef[t],

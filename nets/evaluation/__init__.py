@@ -1,0 +1,6 @@
+"""Evaluating generated digits: the MNIST classifier whose features the metrics use
+(``classifier``), the metrics as pure functions (``metrics``), the protocol that applies them
+to samples and real digits (``protocol``), the bits/dim bound (``nll``), the samples file
+(``samples``) and the printed tables (``report``). The commands are ``nets/evaluate.py`` and
+``nets/classifier.py``.
+"""

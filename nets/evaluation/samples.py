@@ -1,0 +1,74 @@
+"""The samples file ``nets.evaluate`` reads: an .npz with uint8 ``images`` (N, 28, 28) as
+``nets.sample`` writes it, its scalar settings, and (conditional models) the requested labels."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from nets.data import IMAGE_SIZE, NUM_CLASSES
+
+
+class SamplesError(ValueError):
+    """An .npz of samples that cannot be evaluated."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+def load_samples(path: str | Path) -> tuple[np.ndarray, dict, np.ndarray | None]:
+    """``images`` uint8 (N ≥ 2, 28, 28), the scalar settings saved beside it by nets.sample, and
+    the requested ``labels`` (N,) of a conditional model's samples (None when absent)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SamplesError(f"no such file: {path}")
+    if path.stat().st_size == 0:
+        raise SamplesError(f"{path} is empty")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise SamplesError(f"{path} is not a readable .npz archive: "
+                           f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
+                           ) from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise SamplesError(f"{path} is a single .npy array, not an .npz archive with an "
+                           f"'images' array")
+    with archive:
+        if "images" not in archive.files:
+            raise SamplesError(f"{path} has no 'images' array (it holds: "
+                               f"{', '.join(archive.files) or 'nothing'})")
+        try:
+            images = archive["images"]
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+            raise SamplesError(f"{path}: 'images' cannot be read: {err}") from None
+        labels = None
+        if "labels" in archive.files:
+            try:
+                labels = archive["labels"]
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+                raise SamplesError(f"{path}: 'labels' cannot be read: {err}") from None
+        meta = {}
+        for key in archive.files:
+            if key in ("images", "labels", "trajectory", "trajectory_timesteps"):
+                continue
+            try:
+                value = archive[key]
+            except (ValueError, OSError):
+                continue
+            if value.ndim == 0 and value.dtype.kind in "biufU":
+                meta[key] = value.item()
+    if images.dtype != np.uint8:
+        raise SamplesError(f"{path}: 'images' must be uint8 (0 black, 255 white), got "
+                           f"{images.dtype} (nets.data.images_to_uint8 converts [-1, 1] floats)")
+    if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise SamplesError(f"{path}: 'images' must have shape (N, 28, 28), got {images.shape}")
+    if len(images) < 2:
+        raise SamplesError(f"{path}: need at least 2 images for a covariance, got {len(images)}")
+    if labels is not None and (labels.dtype.kind not in "iu" or labels.shape != (len(images),)
+                               or labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise SamplesError(f"{path}: 'labels' must be integers 0-{NUM_CLASSES - 1} of shape "
+                           f"({len(images)},), got {labels.dtype} {labels.shape}")
+    return images, meta, labels

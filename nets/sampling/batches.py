@@ -1,0 +1,85 @@
+"""N digits from a trained model, a batch at a time, as uint8 images.
+
+Only uint8 images (N·784 bytes) are kept across batches, so N is bounded by disk, not by device
+memory. Repeatability: the images are a function of (model, coefficient tables, seed, batch
+size, device): one generator, seeded once, draws x_T and every z, batch after batch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from nets.data import IMAGE_SHAPE, NUM_CLASSES, images_to_uint8
+from nets.diffusion import Diffusion
+from nets.progress import Progress
+from nets.sampling.chain import DeviceCoefficients, sample
+
+TRAJECTORY_CHAINS = 8
+TRAJECTORY_SNAPSHOTS = 10
+
+
+@dataclass
+class Generated:
+    images: np.ndarray  # (N, 28, 28) uint8
+    labels: np.ndarray | None  # (N,) int64 for a conditional model
+    trajectory: np.ndarray | None  # (S, chains, 28, 28) uint8, noisiest first
+    trajectory_timesteps: list[int]  # paper step of each snapshot; 0 is the final image
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return len(self.images) / max(self.seconds, 1e-9)
+
+
+def generate(model: torch.nn.Module, diffusion: Diffusion, coeffs: DeviceCoefficients, n: int,
+             batch_size: int, seed: int, device: torch.device | str = "cpu",
+             labels: np.ndarray | None = None, guidance: float | None = None,
+             trajectory: bool = False, clip_x0: bool = True, progress: bool = False,
+             autocast_dtype: torch.dtype | None = None, cuda_graph: bool = False) -> Generated:
+    """``n`` uint8 images from the reverse chain, ``batch_size`` at a time.
+
+    One generator seeded with ``seed`` draws x_T and each step's z, batch after batch.
+    ``labels`` (n,) conditions a class-conditional model (``guidance`` w: ε_u + w(ε_c − ε_u),
+    None = plain conditional). ``trajectory`` records snapshots of the first batch's first 8
+    chains. ``autocast_dtype`` and ``cuda_graph`` are passed to ``nets.sampling.sample``.
+    """
+    device = torch.device(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def noise_fn(_k: int, like: torch.Tensor) -> torch.Tensor:
+        return torch.randn(like.shape, generator=gen, device=device, dtype=like.dtype)
+
+    images = np.empty((n, *IMAGE_SHAPE[1:]), dtype=np.uint8)
+    snaps, snap_t = None, []
+    bar = Progress("sampling", n, enabled=progress)
+    t0 = time.perf_counter()
+    for start in range(0, n, batch_size):
+        b = min(batch_size, n - start)
+        x_T = torch.randn((b, *IMAGE_SHAPE), generator=gen, device=device)
+        y = None
+        if labels is not None:
+            y = torch.as_tensor(labels[start:start + b], dtype=torch.long, device=device)
+        record = TRAJECTORY_SNAPSHOTS if trajectory and start == 0 else 0
+        result = sample(model, diffusion, coeffs, x_T, noise_fn, y=y, clip_x0=clip_x0,
+                        guidance=guidance, num_snapshots=record, autocast_dtype=autocast_dtype,
+                        cuda_graph=cuda_graph)
+        images[start:start + b] = images_to_uint8(result.images)
+        if record:
+            chains = min(TRAJECTORY_CHAINS, b)
+            snaps = np.stack([images_to_uint8(s[:chains]) for s in result.snapshots])
+            snap_t = list(result.snapshot_timesteps)
+        bar.update(start + b)
+    bar.close()
+    return Generated(images, None if labels is None else np.asarray(labels, np.int64), snaps,
+                     snap_t, time.perf_counter() - t0)
+
+
+def class_labels(n: int, digit: str) -> np.ndarray:
+    """``all`` → 0, 1, ..., 9, 0, 1, ... ; a digit d → n copies of d. (n,) int64."""
+    if digit == "all":
+        return np.arange(n, dtype=np.int64) % NUM_CLASSES
+    return np.full(n, int(digit), dtype=np.int64)

@@ -1,0 +1,64 @@
+"""The run's config (printed at start, saved in every checkpoint) and its per-step schedules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nets.unet import UNetConfig
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; printed at start and saved in every checkpoint."""
+
+    data_dir: str | None = None
+    split: str = "train"
+    limit: int | None = None
+    epochs: int = 10
+    max_steps: int | None = None
+    max_minutes: float | None = None
+    batch_size: int = 128
+    lr: float = 2e-3
+    warmup_steps: int = 200
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    schedule: str = "linear"
+    timesteps: int = 1000
+    objective: str = "eps"
+    conditional: bool = False
+    label_dropout: float = 0.1
+    unet: dict = field(default_factory=lambda: UNetConfig().to_dict())
+    seed: int = 0
+    device: str = "auto"
+    compile: bool = False
+    precision: str = "auto"
+    run_dir: str = ""
+    checkpoint_every: int = 500
+    log_every: int = 25
+    num_samples: int = 64
+    sample_steps: int | None = None
+    figures: bool = True
+    dist_timeout: float = 300.0
+    world_size: int = 1  # processes that trained it (torchrun's WORLD_SIZE), not a flag
+
+
+# Flags that may change when a run is resumed (to extend it or move it); all others are fixed.
+RESUMABLE_OVERRIDES = ("epochs", "max_steps", "max_minutes", "device", "compile", "precision",
+                       "checkpoint_every", "log_every", "figures", "num_samples", "sample_steps",
+                       "dist_timeout")
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to the peak, then constant (the EMA does the averaging)."""
+    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+
+
+def ema_decay_at(step: int, cfg: TrainConfig) -> float:
+    """EMA warm-up so that the random initial weights do not dominate short runs."""
+    return min(cfg.ema_decay, (1 + step) / (10 + step))
+
+
+def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """The step the run ends at: --max-steps, else --epochs passes over the data."""
+    return cfg.max_steps or steps_per_epoch * cfg.epochs

@@ -1,0 +1,54 @@
+"""The run's three figures, made by rank 0 after training: loss.png (F1), samples.png (F2, EMA
+weights, DDPM chain) and reverse.png (F3), as in the seed report."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nets import figures
+from nets.data import IMAGE_SHAPE, NUM_CLASSES, images_to_uint8
+from nets.diffusion import Diffusion
+from nets.sampling import DeviceCoefficients, make_coefficients, sample
+from nets.training.config import TrainConfig
+from nets.training.metrics_log import METRICS_FILE, read_metrics
+from nets.unet import UNet
+
+FIGURE_FILES = ("loss.png", "samples.png", "reverse.png")
+REVERSE_CHAINS = 8
+
+
+def missing_figures(run_dir: Path) -> list[str]:
+    return [name for name in FIGURE_FILES if not (run_dir / name).exists()]
+
+
+def make_figures(cfg: TrainConfig, run_dir: Path, ema: UNet, diffusion: Diffusion,
+                 device: torch.device, amp_dtype: torch.dtype | None = None) -> None:
+    """F1 loss.png, F2 samples.png (EMA weights) and F3 reverse.png in the run directory."""
+    rows = read_metrics(run_dir / METRICS_FILE)
+    if rows:
+        figures.plot_loss(np.array([r["step"] for r in rows]), np.array([r["loss"] for r in rows]),
+                          np.array([r["epoch"] for r in rows]), run_dir / "loss.png")
+    coeffs = DeviceCoefficients(make_coefficients(diffusion.schedule, "ddpm",
+                                                  cfg.sample_steps)).to(device)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    x_T = torch.randn((cfg.num_samples, *IMAGE_SHAPE), generator=gen, device=device)
+    y = None
+    if cfg.conditional:  # one row per digit, guidance w = 1 (plain conditional)
+        y = torch.arange(cfg.num_samples, device=device) % NUM_CLASSES
+    ema.eval()
+    t0 = time.perf_counter()
+    result = sample(ema, diffusion, coeffs, x_T,
+                    lambda k, like: torch.randn(like.shape, generator=gen, device=device),
+                    y=y, num_snapshots=10, autocast_dtype=amp_dtype)
+    print(f"sampled {cfg.num_samples} digits ({coeffs.num_steps} DDPM steps) in "
+          f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    figures.save_grid(images_to_uint8(result.images), run_dir / "samples.png")
+    chains = min(REVERSE_CHAINS, cfg.num_samples)
+    snaps = np.stack([images_to_uint8(s[:chains]) for s in result.snapshots])  # (S, N, 28, 28)
+    figures.plot_reverse(snaps, result.snapshot_timesteps, run_dir / "reverse.png")
+    print(f"figures written to {run_dir}", file=sys.stderr)

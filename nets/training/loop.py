@@ -1,0 +1,173 @@
+"""The training loop: steps, the log of losses, the NaN check, checkpoints, signals, time limit.
+
+Per step the loop draws a batch and takes an optimizer step on the device, with no host sync.
+At each log step (every --log-every, and whenever it saves) it fetches the buffered losses once,
+stops the run if any is not finite, and appends them to metrics.jsonl. At each checkpoint step
+(every --checkpoint-every, the last step, a caught SIGINT/SIGTERM, the --max-minutes limit) it
+saves: only ever after every loss since the last save was checked. Under torchrun the ranks
+vote on stopping at the steps where they all log, so that all stop at the same step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nets.checkpoint import save_checkpoint
+from nets.progress import Progress
+from nets.training.config import lr_at
+from nets.training.metrics_log import METRICS_FILE, append_metrics
+from nets.training.run import TrainingData, TrainingRun
+from nets.training.step import draw_batch, epoch_permutation, train_step
+
+SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number
+
+
+class TrainingFailed(RuntimeError):
+    """The run cannot go on (a non-finite loss, a checkpoint or log that cannot be written); the
+    message ends by saying what is kept. Rank 0 reports it; other ranks only exit."""
+
+
+@dataclass(frozen=True)
+class LoopEnd:
+    step: int  # the step reached (and saved, unless the loop ended at a non-checkpoint step)
+    signal: int | None  # the signal that stopped it, or None (finished or out of time)
+    seconds: float
+
+
+@dataclass
+class _Signals:
+    caught: int | None = None
+
+
+@contextlib.contextmanager
+def caught_signals() -> Iterator[_Signals]:
+    """SIGINT and SIGTERM set ``caught`` instead of ending the process; handlers restored after."""
+    box = _Signals()
+
+    def on_signal(signum, _frame):
+        box.caught = signum
+
+    old = {s: signal.signal(s, on_signal) for s in SIGNAL_EXIT_CODES}
+    try:
+        yield box
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+@dataclass(frozen=True)
+class StopRequest:
+    signal: int | None
+    timed_out: bool
+
+    def __bool__(self) -> bool:
+        return bool(self.signal or self.timed_out)
+
+
+def stop_vote(run: TrainingRun, data: TrainingData, signum: int | None, timed_out: bool) -> StopRequest:
+    """This step's stop request; under torchrun the ranks' requests combined at the steps where
+    all of them log (elsewhere none stops), so that every rank stops at the same step."""
+    cfg, world, step = run.cfg, run.world, run.step
+    if world.size > 1:
+        at_log = step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == data.total_steps
+        signum, timed_out = world.agree_to_stop(signum, timed_out) if at_log else (None, False)
+    return StopRequest(signum, bool(timed_out))
+
+
+class LossLog:
+    """The losses since the last flush, on the device; slot i holds step ``logged_to + i``, so a
+    run resumed at any step (not only a multiple of --log-every) logs and checks the right values."""
+
+    def __init__(self, run: TrainingRun, data: TrainingData):
+        self.buffer = torch.zeros(max(1, min(run.cfg.log_every, data.total_steps)), device=run.world.device)
+        self.logged_to = run.step
+
+    def add(self, step: int, loss: torch.Tensor) -> None:
+        self.buffer[step - self.logged_to] = loss
+
+    def flush(self, run: TrainingRun, data: TrainingData) -> list[dict]:
+        """The rows since the last flush, losses averaged over ranks: the loop's one host sync."""
+        losses = run.world.mean(self.buffer[: run.step - self.logged_to]).tolist()
+        rows = [{"step": s + 1, "epoch": s // data.steps_per_epoch, "loss": v, "lr": lr_at(s, run.cfg)}
+                for s, v in zip(range(self.logged_to, run.step), losses, strict=True)]
+        self.logged_to = run.step
+        return rows
+
+
+def check_losses_finite(rows: list[dict], run_dir: Path) -> None:
+    """TrainingFailed at the first non-finite loss: the run has diverged (its checkpoint is older)."""
+    bad = next((r for r in rows if not math.isfinite(r["loss"])), None)
+    if bad is not None:
+        raise TrainingFailed(f"non-finite loss {bad['loss']} at step {bad['step']}; the last "
+                             f"good checkpoint in {run_dir} is kept")
+
+
+def save(run: TrainingRun) -> None:
+    """The checkpoint of every rank's (checked identical) weights, written by rank 0 atomically."""
+    run.world.check_replicas_agree({"model": run.model, "ema": run.ema})
+    if not run.world.is_main:
+        return
+    try:
+        save_checkpoint(run.checkpoint_state(), run.run_dir / "checkpoint.pt")
+    except (ValueError, OSError, RuntimeError) as err:  # NaN weights, a full disk; torch's zip
+        # writer may turn a failed write into RuntimeError
+        raise TrainingFailed(f"step {run.step}: cannot save a checkpoint: {str(err).splitlines()[0]}; "
+                             f"the last good checkpoint in {run.run_dir} is kept") from None
+
+
+def log_rows(run: TrainingRun, rows: list[dict]) -> None:
+    """Append to metrics.jsonl (rank 0); a full disk is a TrainingFailed, not a traceback."""
+    if not run.world.is_main:
+        return
+    try:
+        append_metrics(run.run_dir / METRICS_FILE, rows)
+    except OSError as err:
+        raise TrainingFailed(f"step {run.step}: cannot append to {run.run_dir / METRICS_FILE}: "
+                             f"{err.strerror or err}; the last good checkpoint in {run.run_dir} "
+                             f"is kept") from None
+
+
+def train_loop(run: TrainingRun, data: TrainingData) -> LoopEnd:
+    """Train from ``run.step`` to ``data.total_steps``, a caught signal, or the time limit."""
+    cfg, world = run.cfg, run.world
+    time_limit = 60 * cfg.max_minutes if cfg.max_minutes else None
+    progress = Progress("step", data.total_steps, run.step, unit_scale=data.global_batch,
+                        time_limit=time_limit, enabled=world.is_main)
+    log, rows_of_rank = LossLog(run, data), world.shard(data.global_batch)
+    t_start, perm = time.perf_counter(), None
+    try:
+        with caught_signals() as signals:
+            while run.step < data.total_steps:
+                epoch, pos = divmod(run.step, data.steps_per_epoch)
+                if perm is None or pos == 0:
+                    perm = epoch_permutation(cfg.seed, epoch, data.count, world.device)
+                idx = perm[pos * data.global_batch:(pos + 1) * data.global_batch]
+                batch = draw_batch(data.images, data.labels, idx, rows_of_rank, run.gen, cfg)
+                log.add(run.step, train_step(run.forward, run.model, run.ema, run.optimizer,
+                                             run.diffusion, batch, run.step, cfg, run.amp_dtype))
+                run.step += 1
+                signum = signals.caught  # read once: a signal landing after this waits one more step
+                timed_out = time_limit is not None and time.perf_counter() - t_start > time_limit
+                stop = stop_vote(run, data, signum, timed_out)
+                save_now = (run.step % cfg.checkpoint_every == 0 or run.step == data.total_steps
+                            or bool(stop))
+                if save_now or run.step % cfg.log_every == 0:
+                    rows = log.flush(run, data)
+                    check_losses_finite(rows, run.run_dir)
+                    log_rows(run, rows)
+                    progress.update(run.step, f"loss {rows[-1]['loss']:.4f}")
+                    if save_now:
+                        save(run)
+                if stop:
+                    return LoopEnd(run.step, stop.signal, time.perf_counter() - t_start)
+    finally:
+        progress.close()
+    return LoopEnd(run.step, None, time.perf_counter() - t_start)

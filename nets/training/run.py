@@ -1,0 +1,116 @@
+"""What one training run holds: its data on the device, the model, EMA and optimizer, the
+random streams, the step reached; built fresh or restored from the run's checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nets.checkpoint import load_checkpoint, load_weights
+from nets.data import MnistArrays, to_training_tensor
+from nets.diffusion import Diffusion, make_schedule
+from nets.training.config import TrainConfig, total_steps
+from nets.training.distributed import World
+from nets.training.step import memory_format_for
+from nets.unet import UNet, UNetConfig
+
+
+@dataclass
+class TrainingData:
+    """The whole split as one tensor on the device, and how steps walk through it."""
+
+    images: torch.Tensor  # (N, 1, 28, 28) float32 in [-1, 1], in the run's memory format
+    labels: torch.Tensor  # (N,) int64
+    global_batch: int  # images per optimizer step over all ranks
+    steps_per_epoch: int
+    total_steps: int
+
+    @property
+    def count(self) -> int:
+        return len(self.images)
+
+
+def training_data(arrays: MnistArrays, cfg: TrainConfig, world: World,
+                  memory_format: torch.memory_format) -> TrainingData:
+    """``arrays`` (already cut to --limit) on the device; ValueError if one step needs more
+    images than there are."""
+    n = len(arrays.images)
+    global_batch = cfg.batch_size * world.size  # per step; each rank trains on cfg.batch_size of it
+    if global_batch > n:
+        raise ValueError(f"--batch-size {cfg.batch_size}"
+                         + (f" × {world.size} processes" if world.size > 1 else "")
+                         + f" exceeds the {n} training images")
+    images = to_training_tensor(arrays.images, world.device).contiguous(memory_format=memory_format)
+    labels = torch.as_tensor(np.asarray(arrays.labels, dtype=np.int64), device=world.device)
+    steps_per_epoch = n // global_batch
+    return TrainingData(images, labels, global_batch, steps_per_epoch,
+                        total_steps(cfg, steps_per_epoch))
+
+
+@dataclass
+class TrainingRun:
+    """The state the loop advances; :meth:`checkpoint_state` is what a checkpoint holds."""
+
+    cfg: TrainConfig
+    world: World
+    run_dir: Path
+    diffusion: Diffusion
+    model: UNet
+    ema: UNet
+    forward: torch.nn.Module  # model, under DDP and/or torch.compile when asked
+    optimizer: torch.optim.Optimizer
+    gen: torch.Generator  # t, ε and label dropout, the same stream on every rank
+    amp_dtype: torch.dtype | None
+    memory_format: torch.memory_format
+    step: int = 0
+
+    def checkpoint_state(self) -> dict:
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "step": self.step,
+                "config": asdict(self.cfg),
+                "rng": {"generator": self.gen.get_state(), "torch": torch.get_rng_state()}}
+
+
+def build_run(cfg: TrainConfig, world: World, run_dir: Path,
+              amp_dtype: torch.dtype | None) -> TrainingRun:
+    """A fresh run at step 0: seeded weights (the same on every rank), EMA = weights, AdamW."""
+    device = world.device
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    diffusion = Diffusion(make_schedule(cfg.schedule, cfg.timesteps), cfg.objective).to(device)
+    fmt = memory_format_for(device, amp_dtype)
+    model = UNet(UNetConfig.from_dict(cfg.unet)).to(device, memory_format=fmt)
+    ema = UNet(UNetConfig.from_dict(cfg.unet)).to(device, memory_format=fmt)
+    ema.load_state_dict(model.state_dict())
+    ema.requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  fused=device.type == "cuda")
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    return TrainingRun(cfg, world, run_dir, diffusion, model, ema, model, optimizer, gen,
+                       amp_dtype, fmt)
+
+
+def restore(run: TrainingRun, resume_dir: Path) -> None:
+    """Load weights, EMA, optimizer, random streams and step from ``resume_dir``'s checkpoint.
+
+    Raises CheckpointError for an unreadable or mismatched file, and KeyError, TypeError,
+    ValueError, RuntimeError or AttributeError for a checkpoint that lacks or garbles an entry.
+    """
+    state = load_checkpoint(resume_dir, map_location=run.world.device)
+    load_weights(run.model, state["model"], f"model weights in {resume_dir}")
+    load_weights(run.ema, state["ema"], f"EMA weights in {resume_dir}")
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.gen.set_state(state["rng"]["generator"].cpu())
+    torch.set_rng_state(state["rng"]["torch"].cpu())
+    run.step = int(state["step"])
+
+
+def wrap_for_training(run: TrainingRun) -> None:
+    """DDP under torchrun, then torch.compile when asked; own dropout streams per rank."""
+    if run.world.size > 1:  # dropout masks: each rank its own stream, or all ranks would share them
+        from nets.training.distributed import rank_seed
+        torch.manual_seed(rank_seed(run.cfg.seed, run.world.rank, run.step))
+    forward = run.world.wrap(run.model)  # DistributedDataParallel under torchrun
+    run.forward = torch.compile(forward) if run.cfg.compile else forward
