@@ -35,8 +35,8 @@ def estimate_end(done: int, total: int, rate: float, elapsed: float,
 
 
 def format_duration(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    minutes, secs = divmod(round(max(0.0, seconds)), 60)
+    return f"{minutes}m{secs:02d}s"
 
 
 class Progress:

@@ -39,69 +39,85 @@ RUN_FILES = ("checkpoint.pt", METRICS_FILE, "config.json")  # written atomically
 def build_parser() -> cli.Parser:
     p = cli.Parser(prog="python -m nets.train", description=__doc__.splitlines()[0])
     d = TrainConfig()
-    cli.add_data_dir(p)
-    p.add_argument("--split", choices=["train", "test"], default=d.split,
+    add_data_flags(p.add_argument_group("data and length"), d)
+    add_optimizer_flags(p.add_argument_group("optimizer"), d)
+    add_diffusion_flags(p.add_argument_group("diffusion and model"), d)
+    add_run_flags(p.add_argument_group("machine, run folder, figures"), d)
+    return p
+
+
+def add_data_flags(g, d: TrainConfig) -> None:
+    cli.add_data_dir(g)
+    g.add_argument("--split", choices=["train", "test"], default=d.split,
                    help="which MNIST split to train on")
-    p.add_argument("--limit", type=cli.positive_int, help="use only the first N images")
-    p.add_argument("--epochs", type=cli.positive_int, default=d.epochs, help="passes over the data")
-    p.add_argument("--max-steps", type=cli.positive_int,
+    g.add_argument("--limit", type=cli.positive_int, help="use only the first N images")
+    g.add_argument("--epochs", type=cli.positive_int, default=d.epochs, help="passes over the data")
+    g.add_argument("--max-steps", type=cli.positive_int,
                    help="train exactly this many optimizer steps (instead of --epochs)")
-    p.add_argument("--max-minutes", type=cli.positive_float,
+    g.add_argument("--max-minutes", type=cli.positive_float,
                    help="stop training after this much wall time (figures are made after)")
-    p.add_argument("--batch-size", type=cli.positive_int, default=d.batch_size,
+    g.add_argument("--batch-size", type=cli.positive_int, default=d.batch_size,
                    help="images per step and process (under torchrun the global batch is this "
                    "times the number of processes)")
-    p.add_argument("--lr", type=cli.float_in(0, 1e30), default=d.lr,  # above, AdamW's step overflows
+
+
+def add_optimizer_flags(g, d: TrainConfig) -> None:
+    g.add_argument("--lr", type=cli.float_in(0, 1e30), default=d.lr,  # above, AdamW's step overflows
                    help="AdamW peak learning rate")
-    p.add_argument("--warmup-steps", type=cli.int_at_least(0), default=d.warmup_steps,
+    g.add_argument("--warmup-steps", type=cli.int_at_least(0), default=d.warmup_steps,
                    help="linear learning-rate warm-up steps")
-    p.add_argument("--weight-decay", type=cli.float_in(0, 1, low_open=False),
+    g.add_argument("--weight-decay", type=cli.float_in(0, 1, low_open=False),
                    default=d.weight_decay, help="AdamW weight decay")
-    p.add_argument("--grad-clip", type=cli.positive_float, default=d.grad_clip,
+    g.add_argument("--grad-clip", type=cli.positive_float, default=d.grad_clip,
                    help="clip the gradient's global norm to this")
-    p.add_argument("--ema-decay", type=cli.float_in(0, 1, low_open=False, high_open=True),
+    g.add_argument("--ema-decay", type=cli.float_in(0, 1, low_open=False, high_open=True),
                    default=d.ema_decay, help="EMA decay (warmed up as min(decay, (1+n)/(10+n)))")
-    p.add_argument("--schedule", choices=get_args(core.BetaScheduleName), default=d.schedule,
+
+
+def add_diffusion_flags(g, d: TrainConfig) -> None:
+    g.add_argument("--schedule", choices=get_args(core.BetaScheduleName), default=d.schedule,
                    help="beta schedule")
-    p.add_argument("--timesteps", type=cli.positive_int, default=d.timesteps,
+    g.add_argument("--timesteps", type=cli.positive_int, default=d.timesteps,
                    help="diffusion steps T")
-    p.add_argument("--objective", choices=get_args(core.Objective), default=d.objective,
+    g.add_argument("--objective", choices=get_args(core.Objective), default=d.objective,
                    help="what the network predicts")
-    p.add_argument("--conditional", action="store_true",
+    g.add_argument("--conditional", action="store_true",
                    help="class-conditional model for classifier-free guidance")
-    p.add_argument("--label-dropout", type=cli.float_in(0, 1, low_open=False, high_open=True),
+    g.add_argument("--label-dropout", type=cli.float_in(0, 1, low_open=False, high_open=True),
                    default=d.label_dropout, help="with --conditional: probability a label is dropped")
     u = UNetConfig()
-    p.add_argument("--base-channels", type=cli.positive_int, default=u.base_channels,
+    g.add_argument("--base-channels", type=cli.positive_int, default=u.base_channels,
                    help="U-Net width at full resolution")
-    p.add_argument("--channel-mults", default=",".join(map(str, u.channel_mults)),
+    g.add_argument("--channel-mults", default=",".join(map(str, u.channel_mults)),
                    help="comma-separated width multipliers, one per resolution")
-    p.add_argument("--num-res-blocks", type=cli.positive_int, default=u.num_res_blocks,
+    g.add_argument("--num-res-blocks", type=cli.positive_int, default=u.num_res_blocks,
                    help="residual blocks per resolution")
-    p.add_argument("--dropout", type=cli.float_in(0, 1, low_open=False, high_open=True),
+    g.add_argument("--dropout", type=cli.float_in(0, 1, low_open=False, high_open=True),
                    default=u.dropout, help="dropout inside residual blocks")
-    cli.add_seed(p, "seed of every random draw", d.seed)
-    cli.add_device(p, d.device)
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    cli.add_precision(p, "Weights, optimizer and loss stay fp32", d.precision)
-    p.add_argument("--dist-timeout", type=cli.positive_float, default=d.dist_timeout,
+
+
+def add_run_flags(g, d: TrainConfig) -> None:
+    cli.add_seed(g, "seed of every random draw", d.seed)
+    cli.add_device(g, d.device)
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    cli.add_precision(g, "Weights, optimizer and loss stay fp32", d.precision)
+    g.add_argument("--dist-timeout", type=cli.positive_float, default=d.dist_timeout,
                    help="under torchrun: seconds a process waits for the others before the job fails")
-    p.add_argument("--run-dir", help="output folder (default runs/<timestamp>)")
-    p.add_argument("--resume", type=cli.existing_path, help="continue the run in this directory")
-    p.add_argument("--checkpoint-every", type=cli.positive_int, default=d.checkpoint_every,
+    g.add_argument("--run-dir", help="output folder (default runs/<timestamp>)")
+    g.add_argument("--resume", type=cli.existing_path, help="continue the run in this directory")
+    g.add_argument("--checkpoint-every", type=cli.positive_int, default=d.checkpoint_every,
                    help="write a checkpoint every N steps (and always at the end)")
-    p.add_argument("--log-every", type=cli.positive_int, default=d.log_every,
+    g.add_argument("--log-every", type=cli.positive_int, default=d.log_every,
                    help="fetch losses from the device and log them every N steps")
-    p.add_argument("--num-samples", type=cli.positive_int, default=d.num_samples,
+    g.add_argument("--num-samples", type=cli.positive_int, default=d.num_samples,
                    help="digits in samples.png")
-    p.add_argument("--sample-steps", type=cli.positive_int,
+    g.add_argument("--sample-steps", type=cli.positive_int,
                    help="DDPM steps for the figures (default: all T; fewer = respaced DDPM)")
-    p.add_argument("--no-figures", dest="figures", action="store_false",
+    g.add_argument("--no-figures", dest="figures", action="store_false",
                    help="skip sampling and the figures at the end")
-    p.add_argument("--redo-figures", action="store_true",
+    g.add_argument("--redo-figures", action="store_true",
                    help="with --resume of a run that has nothing left to train: draw its figures "
                    "again (by default only missing ones are made)")
-    return p
 
 
 def config_from_args(argv: list[str] | None) -> tuple[TrainConfig, Path | None, argparse.Namespace]:

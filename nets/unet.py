@@ -10,7 +10,7 @@ class-conditional model, a learned label embedding added to it (index ``num_clas
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,6 @@ class UNetConfig:
     num_groups: int = 8
     num_heads: int = 4
     num_classes: int = 0  # 0: unconditional; >0: class-conditional with a "no label" index
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         if self.in_channels < 1 or self.base_channels < 1 or self.num_res_blocks < 1:
@@ -56,14 +55,13 @@ class UNetConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.pop("extra")
         d["channel_mults"] = list(self.channel_mults)
         d["attention_resolutions"] = list(self.attention_resolutions)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> UNetConfig:
-        known = {f for f in cls.__dataclass_fields__ if f != "extra"}
+        known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown U-Net config keys: {sorted(unknown)}")

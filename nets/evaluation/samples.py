@@ -23,6 +23,13 @@ def load_samples(path: str | Path) -> tuple[np.ndarray, dict, np.ndarray | None]
     """``images`` uint8 (N ≥ 2, 28, 28), the scalar settings saved beside it by nets.sample, and
     the requested ``labels`` (N,) of a conditional model's samples (None when absent)."""
     path = Path(path)
+    images, labels, meta = _read_archive(path)
+    _check_arrays(path, images, labels)
+    return images, meta, labels
+
+
+def _read_archive(path: Path) -> tuple[np.ndarray, np.ndarray | None, dict]:
+    """(images, labels or None, scalar settings) of an .npz, unchecked; SamplesError if unreadable."""
     if not path.is_file():
         raise SamplesError(f"no such file: {path}")
     if path.stat().st_size == 0:
@@ -60,6 +67,10 @@ def load_samples(path: str | Path) -> tuple[np.ndarray, dict, np.ndarray | None]
                 continue
             if value.ndim == 0 and value.dtype.kind in "biufU":
                 meta[key] = value.item()
+    return images, labels, meta
+
+
+def _check_arrays(path: Path, images: np.ndarray, labels: np.ndarray | None) -> None:
     if images.dtype != np.uint8:
         raise SamplesError(f"{path}: 'images' must be uint8 (0 black, 255 white), got "
                            f"{images.dtype} (nets.data.images_to_uint8 converts [-1, 1] floats)")
@@ -71,4 +82,3 @@ def load_samples(path: str | Path) -> tuple[np.ndarray, dict, np.ndarray | None]
                                or labels.min() < 0 or labels.max() >= NUM_CLASSES):
         raise SamplesError(f"{path}: 'labels' must be integers 0-{NUM_CLASSES - 1} of shape "
                            f"({len(images)},), got {labels.dtype} {labels.shape}")
-    return images, meta, labels
