@@ -4,7 +4,7 @@ Steady-state images/s of one optimizer step of the U-Net (warm-up excluded; medi
 of several repeats), for each batch size and precision, interleaving in one run:
 
   naive                 the tutorial pipeline (benchmarks/naive.py), fp32, contiguous
-  project P             nets/train.py's step: the split as one device tensor, t and ε drawn on
+  project P             nets.training.step's step: the split as one device tensor, t and ε drawn on
                         the device, Diffusion.loss, AdamW, clipping, foreach EMA; network under
                         autocast in precision P (fp32, bf16)
   project P cl          the same with the model and data in channels_last memory format
@@ -47,10 +47,11 @@ QUICK = {"batch_sizes": [64], "precision": ["auto"], "repeats": 3, "warmup": 1, 
 
 
 class ProjectTrainStep:
-    """One step of nets/train.py's loop (unconditional, one process), through its own functions.
+    """One step of the trainer's loop (nets/training/loop.py; unconditional, one process), through
+    its own functions.
 
-    ``nets.train.draw_batch`` indexes the split (one device tensor) with the epoch's permutation
-    and draws t and ε on the device; ``nets.train.train_step`` runs the loss under autocast,
+    ``nets.training.step.draw_batch`` indexes the split (one device tensor) with the epoch's permutation
+    and draws t and ε on the device; ``nets.training.step.train_step`` runs the loss under autocast,
     AdamW (fused on CUDA), clipping and the foreach EMA, and returns the loss as a device tensor
     that is stored, not read (train.py reads it back every ``log_every`` steps).
     """

@@ -6,7 +6,6 @@ Each test failed on the code before the fix (the first commit of this file's his
 """
 
 import contextlib
-import io
 import os
 import resource
 import signal
@@ -21,8 +20,8 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from test_reliability import run_in_process
 
-from nets import train
 from nets.checkpoint import temp_files_of
 from nets.figures import smoothed
 from nets.progress import Progress, estimate_end
@@ -31,17 +30,6 @@ from nets.training.metrics_log import read_metrics
 TINY = ["--split", "test", "--limit", "64", "--batch-size", "8", "--base-channels", "8",
         "--channel-mults", "1,2", "--timesteps", "50"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def run_in_process(*argv) -> tuple[int, str]:
-    """``train.main(argv)`` in this process: (exit code, stderr)."""
-    err = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-        try:
-            code = train.main([str(a) for a in argv])
-        except SystemExit as exit_:
-            code = exit_.code
-    return code, err.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------
