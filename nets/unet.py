@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nets.data import IMAGE_SIZE
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -26,7 +28,7 @@ class UNetConfig:
     channel_mults: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 1
     attention_resolutions: tuple[int, ...] = (7,)
-    image_size: int = 28
+    image_size: int = IMAGE_SIZE
     dropout: float = 0.0
     num_groups: int = 8
     num_heads: int = 4

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from nets.data import NUM_CLASSES
 from nets.evaluation import classifier as clf
 from nets.evaluation import metrics
 from nets.evaluation.nll import DEFAULT_NLL_IMAGES, nll_calibration
@@ -52,7 +53,7 @@ def image_set_metrics(images: np.ndarray, model: clf.MnistClassifier, ref: Refer
         hit = out.probs.argmax(1) == labels
         agreement = float(np.mean(hit))
         per_digit = [float(np.mean(hit[labels == d])) if np.any(labels == d) else float("nan")
-                     for d in range(10)]
+                     for d in range(NUM_CLASSES)]
     fd = metrics.frechet_distance_of(metrics.gaussian_statistics(out.features), real_stats)
     cls = metrics.class_statistics(out.probs, CONFIDENCE)
     nn_median = ratio = None

@@ -20,6 +20,7 @@ from nets.unet import UNet
 
 FIGURE_FILES = ("loss.png", "samples.png", "reverse.png")
 REVERSE_CHAINS = 8
+REVERSE_SNAPSHOTS = 10
 
 
 def missing_figures(run_dir: Path) -> list[str]:
@@ -44,7 +45,7 @@ def make_figures(cfg: TrainConfig, run_dir: Path, ema: UNet, diffusion: Diffusio
     t0 = time.perf_counter()
     result = sample(ema, diffusion, coeffs, x_T,
                     lambda k, like: torch.randn(like.shape, generator=gen, device=device),
-                    y=y, num_snapshots=10, autocast_dtype=amp_dtype)
+                    y=y, num_snapshots=REVERSE_SNAPSHOTS, autocast_dtype=amp_dtype)
     print(f"sampled {cfg.num_samples} digits ({coeffs.num_steps} DDPM steps) in "
           f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
     figures.save_grid(images_to_uint8(result.images), run_dir / "samples.png")
