@@ -14,7 +14,8 @@ problem; no public function returns NaN for valid input.
 
 Modules: `betas` (β schedules), `schedule` (DiffusionSchedule), `forward` (q(x_t|x0)),
 `posterior` (q(x_{t-1}|x_t,x0)), `parameterization` (x0 ↔ ε ↔ v), `objectives` (training
-targets), `respacing` (step subsequences), `reverse` (DDPM/DDIM steps), `likelihood`
+targets), `respacing` (step subsequences), `reverse` (DDPM/DDIM steps), `multistep` (DPM-Solver++
+2M/3M and SDE-2M tables in the same step form), `likelihood`
 (the variational bound). Importing this package does not import torch.
 """
 
@@ -37,6 +38,7 @@ from diffusion_core.likelihood import (
     prior_kl,
     vb_term,
 )
+from diffusion_core.multistep import MultistepTables, dpmpp_coefficients, dpmpp_tables, path_coefficients
 from diffusion_core.objectives import Objective, ObjectiveTables, objective_tables
 from diffusion_core.parameterization import (
     predict_eps_from_v,
@@ -67,6 +69,7 @@ __all__ = [
     "BetaScheduleName",
     "DiffusionSchedule",
     "GaussianMoments",
+    "MultistepTables",
     "Objective",
     "ObjectiveTables",
     "ReverseCoefficients",
@@ -79,11 +82,14 @@ __all__ = [
     "ddim_coefficients",
     "ddpm_coefficients",
     "discretized_gaussian_log_likelihood",
+    "dpmpp_coefficients",
+    "dpmpp_tables",
     "linear_betas",
     "make_betas",
     "nats_to_bits_per_dim",
     "normal_kl",
     "objective_tables",
+    "path_coefficients",
     "predict_eps_from_v",
     "predict_eps_from_x0",
     "predict_x0_from_eps",

@@ -53,6 +53,9 @@ class ReverseCoefficients:
     timesteps: int64, the ORIGINAL schedule index τ_k given to the network.
     sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod: √ᾱ and √(1-ᾱ) at τ_k (float64).
     x0_coef (A), eps_coef (B), sigma (σ): x_prev = A·x̂0 + B·ε̂ + σ·z (float64); σ[K-1] = 0.
+    x0_prev_coef (C), x0_prev2_coef (D): multistep solvers (diffusion_core.multistep) add
+    C·x̂0_{k-1} + D·x̂0_{k-2}, the clipped x̂0 of the two previous steps; zero (the default) for
+    one-step samplers, and zero wherever that history does not exist yet.
     """
 
     timesteps: np.ndarray
@@ -61,8 +64,13 @@ class ReverseCoefficients:
     x0_coef: np.ndarray
     eps_coef: np.ndarray
     sigma: np.ndarray
+    x0_prev_coef: np.ndarray | None = None
+    x0_prev2_coef: np.ndarray | None = None
 
     def __post_init__(self) -> None:
+        for name in ("x0_prev_coef", "x0_prev2_coef"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, np.zeros(np.shape(self.x0_coef)))
         for field in dataclasses.fields(self):
             dtype = np.int64 if field.name == "timesteps" else np.float64
             object.__setattr__(self, field.name, read_only(getattr(self, field.name), dtype))
@@ -74,6 +82,11 @@ class ReverseCoefficients:
     def num_steps(self) -> int:
         """K, the number of reverse steps."""
         return int(self.timesteps.shape[0])
+
+    @property
+    def history_length(self) -> int:
+        """How many previous x̂0 the steps use: 0 (one-step samplers), 1 or 2."""
+        return 2 if np.any(self.x0_prev2_coef) else 1 if np.any(self.x0_prev_coef) else 0
 
 
 class ReverseStep(NamedTuple):
@@ -182,13 +195,16 @@ def reverse_step(
     noise: Any,
     objective: Objective = "eps",
     clip_x0: bool = True,
+    x0_history: tuple = (),
 ) -> ReverseStep:
     """The k-th reverse step (k = 0 noisiest) of the sampler `coeffs`: x_t → x_prev.
 
     xt, model_output, noise: arrays that broadcast, (B, ...); noise is z ~ N(0, I) drawn by the
     caller (None is accepted where σ_k = 0). `objective` says what model_output predicts;
-    `clip_x0` clips x̂0 to [-1, 1] before ε̂ is recomputed from it. The NumPy reference the torch
-    sampler must match. Returns ReverseStep(x_prev, x0_pred) in the inputs' dtype.
+    `clip_x0` clips x̂0 to [-1, 1] before ε̂ is recomputed from it. `x0_history`: the x0_pred of
+    steps k-1 and k-2 (most recent first), needed where C_k or D_k is not 0 (multistep
+    solvers). The NumPy reference the torch sampler must match. Returns ReverseStep(x_prev,
+    x0_pred) in the inputs' dtype.
     """
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not (
             0 <= k < coeffs.num_steps):
@@ -197,6 +213,11 @@ def reverse_step(
         raise ValueError(f"clip_x0 must be a bool, got {clip_x0!r}")
     if noise is None and coeffs.sigma[k] != 0:
         raise ValueError(f"noise is required: sigma at step k = {k} is {coeffs.sigma[k]:g}")
+    history = [coeffs.x0_prev_coef[k], coeffs.x0_prev2_coef[k]]
+    needed = max((j + 1 for j, c in enumerate(history) if c != 0), default=0)
+    if len(x0_history) < needed:
+        raise ValueError(f"x0_history needs the x0_pred of the {needed} previous step(s) at k = {k}, "
+                         f"got {len(x0_history)}")
     (xt, model_output), dtype = as_data(xt=xt, model_output=model_output)
     if noise is None:
         noise = np.zeros(())
@@ -211,5 +232,7 @@ def reverse_step(
     eps = (xt - s0 * x0) / s1  # Ho et al. (2020) eq. 4 solved for ε, from the clipped x̂0
     # DDIM eq. 12; for DDPM, Ho et al. (2020) eq. 7 with x_t = √ᾱ_t·x̂0 + √(1-ᾱ_t)·ε̂
     x_prev = coeffs.x0_coef[k] * x0 + coeffs.eps_coef[k] * eps + coeffs.sigma[k] * noise
+    for c, past in zip(history[:needed], x0_history, strict=False):  # multistep: DPM-Solver++
+        x_prev = x_prev + c * np.asarray(past, dtype=np.float64)
     return ReverseStep(x_prev=np.broadcast_to(x_prev, shape).astype(dtype),
                        x0_pred=np.broadcast_to(x0, shape).astype(dtype))
