@@ -50,6 +50,7 @@ from diffusion_core.parameterization import (
 from diffusion_core.posterior import q_posterior_mean_variance
 from diffusion_core.respacing import (
     Spacing,
+    log_snr_timesteps,
     respace,
     respaced_alphas,
     respaced_betas,
@@ -85,6 +86,7 @@ __all__ = [
     "dpmpp_coefficients",
     "dpmpp_tables",
     "linear_betas",
+    "log_snr_timesteps",
     "make_betas",
     "nats_to_bits_per_dim",
     "normal_kl",

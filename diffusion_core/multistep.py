@@ -92,7 +92,8 @@ def dpmpp_tables(alphas_cumprod_path: Any, order: int = 2, stochastic: bool = Fa
     """DPM-Solver++ tables along ᾱ_0 < ᾱ_1 < ... < ᾱ_K (noisiest first; K+1 levels, K steps).
 
     ᾱ_0 may be 0 (zero terminal SNR) and ᾱ_K may be 1 (the step into data); strictly increasing
-    puts every other level strictly between. ``order`` 1, 2 or 3 (``stochastic`` supports 1 and 2: SDE-DPM-Solver++).
+    puts every other level strictly between. ``order`` 1, 2 or 3 (``stochastic``, the
+    SDE-DPM-Solver++, supports 1 and 2).
     """
     path = np.asarray(alphas_cumprod_path, dtype=np.float64)
     if path.ndim != 1 or len(path) < 2:

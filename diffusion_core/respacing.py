@@ -73,3 +73,26 @@ def respace(schedule: DiffusionSchedule, timesteps: Any) -> DiffusionSchedule:
     cumulative product, and of α' = 1 - β', which keeps only u/α' relative precision where a
     merged β' is close to 1. The samplers therefore take ᾱ from the original schedule."""
     return DiffusionSchedule.from_betas(respaced_betas(schedule, timesteps))
+
+
+def log_snr_timesteps(schedule: DiffusionSchedule, num_steps: int) -> np.ndarray:
+    """K ascending indices whose half log-SNR λ = log(√ᾱ/√(1-ᾱ)) is as close to uniform as the
+    integer grid allows, from index 0 to T-1 (both kept): the step list DPM-Solver (Lu et al.
+    2022 §3.3) recommends. Each uniform λ target takes its nearest index; where two targets
+    land on one index (K close to T) the later ones move up by one, keeping K distinct indices.
+    A zero-terminal-SNR last step (λ = -∞) is kept and the targets end at the index before it."""
+    T = schedule.num_timesteps
+    K = as_count("num_steps", num_steps)
+    if K > T:
+        raise ValueError(f"num_steps must be <= T = {T}, got {K}")
+    if K == 1:
+        return np.array([T - 1], dtype=np.int64)
+    with np.errstate(divide="ignore"):
+        lam = np.log(schedule.sqrt_alphas_cumprod) - np.log(schedule.sqrt_one_minus_alphas_cumprod)
+    finite_end = T - 1 if np.isfinite(lam[-1]) else T - 2  # λ strictly decreases in t
+    targets = np.linspace(lam[0], lam[finite_end], K)
+    nearest = np.abs(lam[None, : finite_end + 1] - targets[:, None]).argmin(axis=1)
+    nearest[-1] = T - 1
+    for i in range(1, K):  # distinct and ascending; room is left for the steps still to come
+        nearest[i] = min(max(nearest[i], nearest[i - 1] + 1), T - K + i)
+    return nearest.astype(np.int64)

@@ -275,3 +275,38 @@ def test_the_ode_solvers_push_the_marginal_to_the_data_too():
     mean, var = output_moments(path_coefficients(np.append(log_snr_path(128)[:-1], 1.0), 3), data,
                                np.sqrt(abar_T) * data.mean, var_T)
     assert mean == pytest.approx(data.mean, abs=1e-3) and var == pytest.approx(data.std**2, rel=1e-2)
+
+
+# ---------------------------------------------------------------------------------------------
+# The log-SNR-uniform step list
+
+
+@given(named_schedules(min_T=2), st.data())
+def test_log_snr_timesteps_are_distinct_ascending_and_span_the_schedule(schedule, data):
+    T = schedule.num_timesteps
+    K = data.draw(st.integers(2, T))
+    steps = core.log_snr_timesteps(schedule, K)
+    assert steps.dtype == np.int64 and steps.shape == (K,)
+    assert steps[0] == 0 and steps[-1] == T - 1 and np.all(np.diff(steps) > 0)
+    if K == T:
+        np.testing.assert_array_equal(steps, np.arange(T))
+
+
+def test_log_snr_timesteps_are_uniform_in_lambda_up_to_the_integer_grid():
+    schedule = core.DiffusionSchedule.from_betas(core.linear_betas(1000))
+    lam = np.log(schedule.sqrt_alphas_cumprod / schedule.sqrt_one_minus_alphas_cumprod)
+    for K in (5, 10, 20, 50):
+        gaps = -np.diff(lam[core.log_snr_timesteps(schedule, K)])
+        target = (lam[0] - lam[-1]) / (K - 1)
+        # the first gaps are where λ moves fastest per index (λ(0) - λ(1) = 0.35)
+        assert np.all(np.abs(gaps - target) < 0.36), (K, gaps, target)
+    np.testing.assert_array_equal(core.log_snr_timesteps(schedule, 1), [999])
+    with pytest.raises(ValueError, match="num_steps"):
+        core.log_snr_timesteps(schedule, 1001)
+
+
+def test_log_snr_timesteps_keep_a_zero_terminal_snr_last_step():
+    schedule = core.DiffusionSchedule.from_betas(core.rescale_zero_terminal_snr(core.linear_betas(100)))
+    steps = core.log_snr_timesteps(schedule, 8)
+    assert steps[-1] == 99 and steps[0] == 0 and np.all(np.diff(steps) > 0)
+    assert np.all(np.isfinite(dpmpp_coefficients(schedule, steps, order=3).x0_coef))

@@ -29,7 +29,8 @@ import diffusion_core as core
 from nets.diffusion import Diffusion, as_table
 
 NoiseFn = Callable[[int, torch.Tensor], torch.Tensor]
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "dpmpp-2m", "dpmpp-3m", "sde-dpmpp-2m")
+MULTISTEP = {"dpmpp-2m": (2, False), "dpmpp-3m": (3, False), "sde-dpmpp-2m": (2, True)}  # order, SDE
 
 
 @dataclass
@@ -46,16 +47,18 @@ class DeviceCoefficients(nn.Module):
         super().__init__()
         self.num_steps = len(coeffs.timesteps)
         self.timesteps_host = [int(t) for t in coeffs.timesteps]  # for labels, never in the loop
+        self.history_length = coeffs.history_length  # 0: one-step sampler; 1, 2: multistep
+        self.noisy_steps = [bool(s > 0) for s in coeffs.sigma]  # host side: which steps draw z
         self.register_buffer("timesteps", torch.tensor(np.array(coeffs.timesteps), dtype=torch.long))
         for name in ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
-                     "x0_coef", "eps_coef", "sigma"):
+                     "x0_coef", "eps_coef", "sigma", "x0_prev_coef", "x0_prev2_coef"):
             self.register_buffer(name, as_table(getattr(coeffs, name)))
 
 
 def make_coefficients(schedule: core.DiffusionSchedule, sampler: str, steps: int | None = None,
                       eta: float = 0.0, variance: str = "posterior",
                       spacing: str = "trailing") -> core.ReverseCoefficients:
-    """The core's step tables for ``sampler`` ("ddpm" or "ddim") over ``steps`` (None = all T)."""
+    """The core's step tables for ``sampler`` (one of SAMPLERS) over ``steps`` (None = all T)."""
     timesteps = None
     if steps is not None and steps != schedule.num_timesteps:
         timesteps = core.select_timesteps(schedule.num_timesteps, steps, spacing)
@@ -63,7 +66,10 @@ def make_coefficients(schedule: core.DiffusionSchedule, sampler: str, steps: int
         return core.ddpm_coefficients(schedule, timesteps, variance=variance)
     if sampler == "ddim":
         return core.ddim_coefficients(schedule, timesteps, eta=eta)
-    raise ValueError(f"unknown sampler: {sampler!r} (expected 'ddpm' or 'ddim')")
+    if sampler in MULTISTEP:
+        order, stochastic = MULTISTEP[sampler]
+        return core.dpmpp_coefficients(schedule, timesteps, order=order, stochastic=stochastic)
+    raise ValueError(f"unknown sampler: {sampler!r} (expected one of {', '.join(SAMPLERS)})")
 
 
 class _StepCoefficients(NamedTuple):
@@ -76,24 +82,30 @@ class _StepCoefficients(NamedTuple):
     x0_coef: torch.Tensor  # A_k
     eps_coef: torch.Tensor  # B_k
     sigma: torch.Tensor  # σ_k
+    x0_prev_coef: torch.Tensor  # C_k (multistep: x̂0 of step k-1)
+    x0_prev2_coef: torch.Tensor  # D_k (multistep: x̂0 of step k-2)
 
 
 def _update(xt: torch.Tensor, output: torch.Tensor, noise: torch.Tensor | None,
-            c: _StepCoefficients, clip_x0: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """x_prev = A·x̂0 + B·ε̂ + σ·z from the network output; the one copy of the step's math."""
+            c: _StepCoefficients, clip_x0: bool,
+            history: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """x_prev = A·x̂0 + B·ε̂ (+ C·x̂0_{k-1} + D·x̂0_{k-2}) + σ·z from the network output; the one
+    copy of the step's math. ``history``: the clipped x̂0 of steps k-1 and k-2 (multistep)."""
     x0 = c.x0_from_xt * xt + c.x0_from_output * output  # as nets.diffusion.Diffusion.predict_x0
     if clip_x0:
         x0 = x0.clamp(-1.0, 1.0)
     # ε̂ recomputed from the (clipped) x̂0, so x_t = √ᾱ x̂0 + √(1-ᾱ) ε̂ holds exactly.
     eps = (xt - c.sqrt_alphas_cumprod * x0) / c.sqrt_one_minus_alphas_cumprod
     x_prev = c.x0_coef * x0 + c.eps_coef * eps  # DDIM eq. 12 / Ho et al. (2020) eq. 7 via the core
+    if history is not None:  # DPM-Solver++ (diffusion_core.multistep) via the core's C, D
+        x_prev = x_prev + c.x0_prev_coef * history[0] + c.x0_prev2_coef * history[1]
     if noise is not None:
         x_prev = x_prev + c.sigma * noise
     return x_prev, x0
 
 
 def _step_table(coeffs: DeviceCoefficients, diffusion: Diffusion, dtype: torch.dtype) -> torch.Tensor:
-    """(K, 7) in ``dtype``: row k holds the fields of ``_StepCoefficients`` for step k.
+    """(K, 9) in ``dtype``: row k holds the fields of ``_StepCoefficients`` for step k.
 
     Each float64 entry is rounded to ``dtype`` once, as a per-step gather and cast would round
     it, so the table changes no result.
@@ -101,21 +113,24 @@ def _step_table(coeffs: DeviceCoefficients, diffusion: Diffusion, dtype: torch.d
     t = coeffs.timesteps
     columns = (diffusion.x0_from_xt_coef[t], diffusion.x0_from_output_coef[t],
                coeffs.sqrt_alphas_cumprod, coeffs.sqrt_one_minus_alphas_cumprod,
-               coeffs.x0_coef, coeffs.eps_coef, coeffs.sigma)
+               coeffs.x0_coef, coeffs.eps_coef, coeffs.sigma, coeffs.x0_prev_coef,
+               coeffs.x0_prev2_coef)
     return torch.stack([c.to(dtype) for c in columns], dim=1)
 
 
 def _sample_step(model: nn.Module, table: torch.Tensor, timesteps: torch.Tensor,
                  y: torch.Tensor | None, guidance: float | None, clip_x0: bool,
                  autocast_dtype: torch.dtype | None, x: torch.Tensor, k: torch.Tensor,
-                 noise: torch.Tensor | None) -> torch.Tensor:
-    """Step k (a (1,) long device tensor) of the chain: network, guidance, update. → x_prev."""
+                 noise: torch.Tensor | None, history: tuple | None = None):
+    """Step k (a (1,) long device tensor) of the chain: network, guidance, update. → x_prev, or
+    (x_prev, x̂0) for a multistep sampler (``history`` given)."""
     t = timesteps.index_select(0, k).expand(x.shape[0])  # (B,)
     with torch.autocast(x.device.type, dtype=autocast_dtype or torch.bfloat16,
                         enabled=autocast_dtype is not None, cache_enabled=False):
         output = _model_output(model, x, t, y, guidance)
-    c = _StepCoefficients(*table.index_select(0, k).unbind(1))  # seven (1,) tensors
-    return _update(x, output.to(x.dtype), noise, c, clip_x0)[0]
+    c = _StepCoefficients(*table.index_select(0, k).unbind(1))  # nine (1,) tensors
+    x_prev, x0 = _update(x, output.to(x.dtype), noise, c, clip_x0, history)
+    return x_prev if history is None else (x_prev, x0)
 
 
 class _CudaGraphStep:
@@ -160,15 +175,21 @@ def sample(model: nn.Module, diffusion: Diffusion, coeffs: DeviceCoefficients, x
     """Run the reverse chain from ``x_T`` (B, C, H, W).
 
     ``noise_fn(k, like)`` returns the z of step k (callers use a seeded generator; tests pass
-    fixed noise); it is not called for the last step. ``guidance`` w applies classifier-free
+    fixed noise); it is not called for the last step, nor, for the multistep solvers, where
+    σ_k = 0 (every step of the ODE solvers dpmpp-2m/3m). ``guidance`` w applies classifier-free
     guidance ε_u + w(ε_c − ε_u) with both passes in one batched call (needs ``y``).
     ``num_snapshots`` records that many x_t along the chain (evenly spaced, the first being x_T)
     plus the final image. ``autocast_dtype`` (e.g. torch.bfloat16) runs the network under
     autocast; the update stays in x_T's dtype. ``cuda_graph`` (CUDA tensors only) replays one
-    captured step instead of launching its kernels one by one; the images are the same.
+    captured step instead of launching its kernels one by one; the images are the same (one-step
+    samplers only). A multistep table (DPM-Solver++) carries the last two clipped x̂0 from step
+    to step: the same loop, with the history the core's C and D columns weigh.
     """
     if cuda_graph and x_T.device.type != "cuda":
         raise ValueError(f"cuda_graph=True needs CUDA tensors, got x_T on {x_T.device}")
+    multistep = coeffs.history_length > 0
+    if cuda_graph and multistep:
+        raise ValueError("cuda_graph=True supports the one-step samplers (ddpm, ddim) only")
     num_steps = coeffs.num_steps
     record = set()
     if num_snapshots:
@@ -180,12 +201,18 @@ def sample(model: nn.Module, diffusion: Diffusion, coeffs: DeviceCoefficients, x
         step = _CudaGraphStep(step, x_T)
     ks = torch.arange(num_steps, device=x_T.device)  # ks[k:k+1] indexes step k without a copy
     x = x_T
+    history = (torch.zeros_like(x_T), torch.zeros_like(x_T)) if multistep else None
     for k in range(num_steps):
         if k in record:
             snaps.append(x.float().clone())
             snap_t.append(coeffs.timesteps_host[k] + 1)
         last = k == num_steps - 1
-        x = step(x, ks[k:k + 1], None if last else noise_fn(k, x))
+        if not multistep:
+            x = step(x, ks[k:k + 1], None if last else noise_fn(k, x))
+            continue
+        noise = noise_fn(k, x) if coeffs.noisy_steps[k] else None
+        x, x0 = step(x, ks[k:k + 1], noise, history)
+        history = (x0, history[0])
     # The last step has ᾱ_prev = 1 and σ = 0, so x is x̂0 itself.
     images = x
     if num_snapshots:
