@@ -1,10 +1,12 @@
 """Sampling throughput: ``python benchmarks/sample_speed.py`` (or ``python -m benchmarks.sample_speed``).
 
-Images/s of the reverse chain (DDPM-1000 and DDIM-50 by default; any ``--steps``) for each batch
-size and precision, interleaving in one run:
+Images/s of the reverse chain (DDPM-1000 and DDIM-50 by default; any ``--steps``; the few-step
+solvers dpmpp-2m, dpmpp-3m, sde-dpmpp-2m at 10 steps unless ``--steps``) for each batch size and
+precision, interleaving in one run:
 
   naive              the tutorial loop (benchmarks/naive.py): host tables every step, NumPy →
-                     torch scalars, an ``.item()`` sync per step; fp32
+                     torch scalars, an ``.item()`` sync per step; fp32. For a DPM-Solver++
+                     solver, the tutorial DDIM loop at the same K (what it replaces)
   project P          ``nets.sampling.sample`` (eager), network in precision P (fp32, bf16)
   project P graph    the same with ``cuda_graph=True`` (CUDA and --cuda-graph only)
   network P          the same number of bare network calls, nothing else
@@ -42,7 +44,8 @@ from nets.sampling import DeviceCoefficients, make_coefficients, sample
 
 DEFAULTS = {"batch_sizes": [64], "precision": ["fp32", "auto"], "repeats": 5, "warmup": 1, "window": "auto"}
 QUICK = {"batch_sizes": [64], "precision": ["auto"], "repeats": 3, "warmup": 1, "window": 2}
-DEFAULT_STEPS = {"ddpm": None, "ddim": 50}  # None: all T
+DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpmpp-2m": 10, "dpmpp-3m": 10, "sde-dpmpp-2m": 10}  # None: T
+NAIVE_LOOP = {"ddpm": "ddpm"}  # the tutorial loop each sampler is compared with; DDIM for the rest
 
 
 class StoredOutput(nn.Module):
@@ -66,7 +69,7 @@ def build_parser() -> cli.Parser:
     p = cli.Parser(prog="python -m benchmarks.sample_speed", description=__doc__.splitlines()[0])
     workload.add_common_args(p, DEFAULTS, QUICK)
     p.add_argument("--samplers", type=workload.csv_of(str), default="ddpm,ddim",
-                   help="comma-separated: ddpm, ddim")
+                   help=f"comma-separated: {', '.join(DEFAULT_STEPS)}")
     p.add_argument("--steps", type=workload.csv_of(cli.positive_int),
                    help="comma-separated step counts K for every sampler; None: T for ddpm, 50 "
                    "for ddim")
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         args.window = 0 if device.type == "cuda" else 10
     unknown = set(args.samplers) - set(DEFAULT_STEPS)
     if unknown:
-        cli.fail(f"--samplers: unknown {sorted(unknown)} (use ddpm, ddim)")
+        cli.fail(f"--samplers: unknown {sorted(unknown)} (use {', '.join(DEFAULT_STEPS)})")
     if args.cuda_graph and device.type != "cuda":
         print("note: --cuda-graph needs CUDA; not timed", file=sys.stderr)
     schedule = workload.schedule(args.timesteps)
@@ -107,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         for steps in args.steps or [DEFAULT_STEPS[sampler] or args.timesteps]:
             if steps > args.timesteps:
                 cli.fail(f"--steps: {steps} exceeds --timesteps {args.timesteps}")
-            coeffs = make_coefficients(schedule, sampler, steps, eta=args.eta)
+            eta = args.eta if sampler == "ddim" else 0.0
+            coeffs = make_coefficients(schedule, sampler, steps, eta=eta)
             window = min(args.window or steps, steps)
             for batch in args.batch_sizes:
                 rows += time_chain(args, model, diffusion, sampler, steps, coeffs, window, batch,
@@ -129,8 +133,10 @@ def time_chain(args, model, diffusion, sampler, steps, coeffs, window, batch, fl
 
     run_coeffs = DeviceCoefficients(first_steps(coeffs, window)).to(device)
     t = torch.full((batch,), int(coeffs.timesteps[0]), device=device)
-    variants = {"naive": lambda: naive_sample(model, diffusion.schedule, sampler, steps, x_T, noise_fn,
-                                              eta=args.eta, run_steps=window)}
+    naive_loop = NAIVE_LOOP.get(sampler, "ddim")
+    variants = {"naive": lambda: naive_sample(model, diffusion.schedule, naive_loop, steps, x_T, noise_fn,
+                                              eta=args.eta if naive_loop == "ddim" else 0.0,
+                                              run_steps=window)}
     meta = {"naive": "fp32"}
     for prec in args.precision:
         dtype = workload.autocast_dtype(prec, device)

@@ -29,7 +29,7 @@ from nets import cli
 from nets.checkpoint import CheckpointError, load_model
 from nets.device import describe_precision, precision_name
 from nets.sampling import DeviceCoefficients, class_labels, generate, make_coefficients
-from nets.sampling.chain import SAMPLERS
+from nets.sampling.chain import MULTISTEP, SAMPLERS, SPACINGS, min_steps
 from nets.sampling.outputs import OUTPUT_SUFFIXES, write_outputs
 
 
@@ -40,11 +40,15 @@ def build_parser() -> cli.Parser:
     p.add_argument("--weights", choices=["ema", "raw"], default="ema",
                    help="EMA-averaged or raw training weights")
     p.add_argument("--n", type=cli.positive_int, default=64, help="number of images")
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm", help="reverse process")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
+                   help="reverse process: ddpm, ddim, or the few-step DPM-Solver++ solvers "
+                   "dpmpp-2m, dpmpp-3m (ODE) and sde-dpmpp-2m (stochastic); for a fast sample: "
+                   "--sampler dpmpp-2m --steps 10 --spacing logsnr")
     p.add_argument("--steps", type=cli.positive_int,
                    help="reverse steps K (default: all T of the checkpoint; K < T respaces)")
-    p.add_argument("--spacing", choices=get_args(core.Spacing), default="trailing",
-                   help="how K of the T timesteps are chosen when respacing")
+    p.add_argument("--spacing", choices=SPACINGS, default="trailing",
+                   help="how K of the T timesteps are chosen when respacing; logsnr: uniform in "
+                   "log-SNR, 0 and T-1 kept (recommended for the dpmpp solvers)")
     p.add_argument("--eta", type=cli.float_in(0, 1, low_open=False),
                    help="DDIM η (0: deterministic; 1: DDPM-like noise); ddim only, default 0")
     p.add_argument("--variance", choices=get_args(core.Variance),
@@ -79,6 +83,11 @@ def check_flag_combinations(parser: cli.Parser, args) -> None:
         parser.error("argument --variance: applies to --sampler ddpm only")
     if args.digit is not None and args.digit != "all" and args.digit not in list("0123456789"):
         parser.error(f"argument --digit: expected 0-9 or all, got {args.digit!r}")
+    if args.sampler in MULTISTEP and args.steps is not None and args.steps < min_steps(args.sampler):
+        parser.error(f"argument --steps: {args.sampler} needs at least {min_steps(args.sampler)} "
+                     f"steps (its first step has no history and its last is first order)")
+    if args.sampler in MULTISTEP and args.cuda_graph:
+        parser.error(f"argument --cuda-graph: supports ddpm and ddim only, not {args.sampler}")
 
 
 def conditioning(loaded, args) -> tuple:
@@ -94,9 +103,9 @@ def conditioning(loaded, args) -> tuple:
 
 
 def sampler_description(args, num_steps: int) -> str:
-    return (f"{args.sampler} {num_steps} steps"
-            + (f", eta {args.eta or 0.0:g}" if args.sampler == "ddim" else
-               f", variance {args.variance or 'posterior'}"))
+    detail = {"ddim": f", eta {args.eta or 0.0:g}",
+              "ddpm": f", variance {args.variance or 'posterior'}"}.get(args.sampler, "")
+    return f"{args.sampler} {num_steps} steps{detail}, {args.spacing} spacing"
 
 
 def main(argv: list[str] | None = None) -> int:

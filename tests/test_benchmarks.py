@@ -175,3 +175,16 @@ def test_a_script_runs_by_path_from_anywhere_with_passive_openmp(tmp_path, scrip
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(out.read_text())["machine"]["omp_wait_policy"] == "PASSIVE"
+
+
+def test_sample_speed_times_the_few_step_solvers(tmp_path, capsys):
+    out = tmp_path / "solvers.json"
+    sample_speed.main([*TINY, "--quick", "--timesteps", "20", "--samplers", "dpmpp-2m,dpmpp-3m,sde-dpmpp-2m",
+                       "--batch-sizes", "3", "--repeats", "2", "--warmup", "0", "--json", str(out)])
+    capsys.readouterr()
+    result = json.loads(out.read_text())
+    p = result["settings"]["default_precision"]
+    rows = {(r["sampler"], r["variant"]): r for r in result["results"]}
+    assert {s for s, _ in rows} == {"dpmpp-2m-10", "dpmpp-3m-10", "sde-dpmpp-2m-10"}  # default K = 10
+    for s in ("dpmpp-2m-10", "dpmpp-3m-10", "sde-dpmpp-2m-10"):
+        assert rows[s, f"project {p}"]["images_per_s"] > 0 and rows[s, f"project {p}"]["overhead_stub"] > 0

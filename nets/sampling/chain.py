@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, get_args
 
 import numpy as np
 import torch
@@ -31,6 +31,13 @@ from nets.diffusion import Diffusion, as_table
 NoiseFn = Callable[[int, torch.Tensor], torch.Tensor]
 SAMPLERS = ("ddpm", "ddim", "dpmpp-2m", "dpmpp-3m", "sde-dpmpp-2m")
 MULTISTEP = {"dpmpp-2m": (2, False), "dpmpp-3m": (3, False), "sde-dpmpp-2m": (2, True)}  # order, SDE
+SPACINGS = (*get_args(core.Spacing), "logsnr")  # logsnr: uniform in λ (core.log_snr_timesteps)
+
+
+def min_steps(sampler: str) -> int:
+    """The fewest steps at which a solver uses its order once: its first step has no history and
+    its last step (into ᾱ = 1) is first order, so order p needs p + 1 steps."""
+    return MULTISTEP[sampler][0] + 1 if sampler in MULTISTEP else 1
 
 
 @dataclass
@@ -60,7 +67,9 @@ def make_coefficients(schedule: core.DiffusionSchedule, sampler: str, steps: int
                       spacing: str = "trailing") -> core.ReverseCoefficients:
     """The core's step tables for ``sampler`` (one of SAMPLERS) over ``steps`` (None = all T)."""
     timesteps = None
-    if steps is not None and steps != schedule.num_timesteps:
+    if spacing == "logsnr":
+        timesteps = core.log_snr_timesteps(schedule, steps or schedule.num_timesteps)
+    elif steps is not None and steps != schedule.num_timesteps:
         timesteps = core.select_timesteps(schedule.num_timesteps, steps, spacing)
     if sampler == "ddpm":
         return core.ddpm_coefficients(schedule, timesteps, variance=variance)
