@@ -1,0 +1,116 @@
+"""Quality against network calls for every sampler on one checkpoint (docs/results.md, issue 14).
+
+Usage:
+    python docs/plots/solver_sweep.py RUN_DIR OUT_DIR --data-dir DIR [--classifier PATH] [--n 1000]
+
+For each (sampler, steps, spacing) of GRID it runs the product's own commands,
+``python -m nets.sample`` (seed 0, 1,000 digits) then ``python -m nets.evaluate`` (the samples
+against the real digits of --split, the floor at the same n beside them), and collects
+OUT_DIR/sweep.json, OUT_DIR/solver_quality.png (FD and recognised share against calls) and
+OUT_DIR/solver_grids.png (the first 20 digits of each sampler at 10 calls).
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+GRID = {  # sampler: (spacing, network calls)
+    "ddim": ("trailing", [5, 10, 20, 50]),
+    "ddpm": ("trailing", [10, 20, 50, 100]),
+    "dpmpp-2m": ("logsnr", [5, 10, 20]),
+    "dpmpp-3m": ("logsnr", [5, 10, 20]),
+    "sde-dpmpp-2m": ("logsnr", [5, 10, 20, 50]),
+}
+EXTRA = [("dpmpp-2m", "trailing", 10), ("ddim", "logsnr", 10)]  # the spacing's own effect
+
+
+def run(cmd):
+    print("+", " ".join(map(str, cmd)), file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, "-m", *map(str, cmd)], check=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--classifier", type=Path)
+    p.add_argument("--n", type=int, default=1000)
+    args = p.parse_args()
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    settings = [(s, sp, k) for s, (sp, ks) in GRID.items() for k in ks] + EXTRA
+    rows = []
+    for sampler, spacing, steps in settings:
+        npz = args.out_dir / f"{sampler}-{spacing}-{steps}.npz"
+        if not npz.exists():
+            run(["nets.sample", "--checkpoint", args.run_dir, "--n", args.n, "--sampler", sampler,
+                 "--steps", steps, "--spacing", spacing, "--seed", 0, "--batch-size", 250,
+                 "--no-progress", "--out", npz])
+        report = npz.with_name(f"{npz.stem}.eval.json")
+        if not report.exists():
+            run(["nets.evaluate", "--samples", npz, "--data-dir", args.data_dir, "--split", args.split,
+                 "--checkpoint", args.run_dir, "--nll-images", 0, "--json", report,
+                 *(["--classifier", args.classifier] if args.classifier else [])])
+        r = json.loads(report.read_text())
+        rows.append({"sampler": sampler, "spacing": spacing, "calls": steps,
+                     "fd": r["metrics"]["frechet_distance"],
+                     "recognised": r["metrics"]["confident_fraction"],
+                     "class_entropy": r["metrics"]["class_entropy"],
+                     "memorisation_ratio": r["metrics"]["memorisation_ratio"],
+                     "floor_fd": r["real_floor"]["frechet_distance"],
+                     "floor_recognised": r["real_floor"]["confident_fraction"],
+                     "images_per_second": r["samples"].get("images_per_second")})
+    (args.out_dir / "sweep.json").write_text(json.dumps(rows, indent=1) + "\n")
+    plot(rows, args.out_dir / "solver_quality.png")
+    grids(settings, args.out_dir, args.out_dir / "solver_grids.png")
+
+
+def plot(rows, path):
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for sampler, (spacing, _) in GRID.items():
+        sel = sorted((r for r in rows if r["sampler"] == sampler and r["spacing"] == spacing),
+                     key=lambda r: r["calls"])
+        calls = [r["calls"] for r in sel]
+        ax1.plot(calls, [r["fd"] for r in sel], "o-", label=f"{sampler} ({spacing})")
+        ax2.plot(calls, [100 * r["recognised"] for r in sel], "o-", label=f"{sampler} ({spacing})")
+    ax1.axhline(rows[0]["floor_fd"], color="grey", ls=":", label="real-vs-real floor")
+    ax2.axhline(100 * rows[0]["floor_recognised"], color="grey", ls=":", label="real unseen digits")
+    for ax, label in ((ax1, "Fréchet distance (classifier features)"), (ax2, "recognised, conf ≥ 0.9 (%)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("network calls")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+    ax1.set_yscale("log")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def grids(settings, out_dir, path, calls=10, per_row=20):
+    chosen = [(s, sp, k) for s, sp, k in settings if k == calls]
+    fig, axes = plt.subplots(len(chosen), 1, figsize=(per_row * 0.45, len(chosen) * 0.62 + 0.2))
+    for ax, (sampler, spacing, steps) in zip(np.atleast_1d(axes), chosen, strict=True):
+        with np.load(out_dir / f"{sampler}-{spacing}-{steps}.npz") as f:
+            images = f["images"][:per_row]
+        ax.imshow(np.concatenate(list(images), axis=1), cmap="gray", vmin=0, vmax=255)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(f"{sampler}\n{spacing}", rotation=0, ha="right", va="center", fontsize=7)
+    fig.suptitle(f"the first {per_row} digits (seed 0) at {calls} network calls", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
