@@ -201,8 +201,9 @@ def join_world(cfg: TrainConfig, resume_dir: Path | None) -> World:
 
 
 def prepare_run_dir(cfg: TrainConfig, resume_dir: Path | None, world: World) -> Path:
-    """The run directory, proven writable, cleared of temp files a kill left, holding config.json
-    and metrics.jsonl cut back to the checkpoint; rank 0 alone prints the config and writes."""
+    """The run directory, proven writable, cleared of the temp files a killed write left, holding
+    config.json; rank 0 alone prints the config and writes (a fresh run never reuses a run's
+    folder)."""
     run_dir = Path(cfg.run_dir)
     if resume_dir is None and (run_dir / "checkpoint.pt").exists():  # never clobber a run
         cli.fail(f"--run-dir: {cfg.run_dir} already holds a run's checkpoint.pt; continue it with "
@@ -237,7 +238,8 @@ def load_data(cfg: TrainConfig, world: World, memory_format) -> TrainingData:
 
 
 def resume_or_report(run: TrainingRun, resume_dir: Path | None) -> None:
-    """Restore ``run`` from ``resume_dir`` (exit 2 on a bad checkpoint), or say it is fresh."""
+    """Restore ``run`` from ``resume_dir`` when resuming (exit 2 on a bad checkpoint); rank 0
+    reports the step, the model's size and the arithmetic."""
     if resume_dir is not None:
         try:
             restore(run, resume_dir)
