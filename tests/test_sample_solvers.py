@@ -4,7 +4,7 @@ samples of exactly solvable data, and their flags in python -m nets.sample."""
 import numpy as np
 import pytest
 import torch
-from test_sample import MU, GaussianEpsOracle, S, checkpoints, run_main  # noqa: F401 (fixture)
+from test_sample import MU, GaussianEpsOracle, S, checkpoints, run_main, tiny_model  # noqa: F401
 
 import diffusion_core as core
 from nets.diffusion import Diffusion
@@ -14,12 +14,12 @@ from nets.sampling.chain import MULTISTEP, min_steps
 SCHEDULE = core.DiffusionSchedule.from_betas(core.linear_betas(1000))
 
 
-def core_chain(coeffs, x_T, output_fn, noise):
+def core_chain(coeffs, x_T, output_fn, noise, objective="eps"):
     """The core's reverse_step chained, with the x̂0 history: the reference of the torch loop."""
     x, history = x_T, []
     for k in range(coeffs.num_steps):
         z = noise[k] if coeffs.sigma[k] != 0 else None
-        step = core.reverse_step(coeffs, k, x, output_fn(x, coeffs.timesteps[k]), z, "eps", True,
+        step = core.reverse_step(coeffs, k, x, output_fn(x, coeffs.timesteps[k]), z, objective, True,
                                  x0_history=tuple(history))
         x, history = step.x_prev, [step.x0_pred, *history][:2]
     return x
@@ -47,6 +47,33 @@ def test_the_torch_multistep_chain_equals_the_chained_core_steps(sampler, steps,
 
     np.testing.assert_allclose(ours, core_chain(table, x_T, output_fn, noise), rtol=0, atol=1e-12)
     assert calls == ([] if not MULTISTEP[sampler][1] else list(range(steps - 1)))  # z only where σ > 0
+
+
+@pytest.mark.parametrize("sampler", sorted(MULTISTEP))
+@pytest.mark.parametrize("objective", ["x0", "v"])
+def test_the_solvers_run_v_and_x0_models_under_classifier_free_guidance(sampler, objective):
+    """A conditional U-Net at guidance w = 3 on a zero-terminal-SNR schedule: the torch chain
+    (float32) against the core's float64 steps given the same guided outputs."""
+    schedule = core.DiffusionSchedule.from_betas(core.rescale_zero_terminal_snr(core.linear_betas(40)))
+    model = tiny_model(num_classes=10)
+    table = make_coefficients(schedule, sampler, 8, spacing="logsnr")
+    rng = np.random.default_rng(4)
+    x_T = rng.standard_normal((3, 1, 28, 28)).astype(np.float32)
+    noise = rng.standard_normal((8, 3, 1, 28, 28)).astype(np.float32)
+    y, w = torch.tensor([1, 4, 7]), 3.0
+    ours = sample(model, Diffusion(schedule, objective), DeviceCoefficients(table),
+                  torch.from_numpy(x_T), lambda k, like: torch.from_numpy(noise[k]), y=y,
+                  guidance=w).images.numpy()
+
+    @torch.inference_mode()
+    def guided(x, t):
+        x, t = torch.from_numpy(np.asarray(x, dtype=np.float32)), torch.full((3,), int(t))
+        cond, uncond = model(x, t, y), model(x, t, torch.full_like(y, 10))
+        return (uncond + w * (cond - uncond)).double().numpy()  # Ho & Salimans (2022) eq. 6
+
+    reference = core_chain(table, x_T.astype(np.float64), guided, noise, objective)
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=2e-4)  # float32 against float64
+    assert np.all(np.isfinite(ours)) and np.abs(ours).max() <= 1.0
 
 
 def empirical_moments(table, seed=0):
