@@ -15,7 +15,8 @@ problem; no public function returns NaN for valid input.
 Modules: `betas` (β schedules), `schedule` (DiffusionSchedule), `forward` (q(x_t|x0)),
 `posterior` (q(x_{t-1}|x_t,x0)), `parameterization` (x0 ↔ ε ↔ v), `objectives` (training
 targets), `respacing` (step subsequences), `reverse` (DDPM/DDIM steps), `multistep` (DPM-Solver++
-2M/3M and SDE-2M tables in the same step form), `likelihood`
+2M/3M and SDE-2M tables in the same step form), `weighting` (uniform and min-SNR-γ loss
+weights), `likelihood`
 (the variational bound). Importing this package does not import torch.
 """
 
@@ -65,8 +66,12 @@ from diffusion_core.reverse import (
     reverse_step,
 )
 from diffusion_core.schedule import DiffusionSchedule
+from diffusion_core.weighting import DEFAULT_MIN_SNR_GAMMA, LossWeighting, loss_weights
 
 __all__ = [
+    "DEFAULT_MIN_SNR_GAMMA",
+    "LossWeighting",
+    "loss_weights",
     "BetaScheduleName",
     "DiffusionSchedule",
     "GaussianMoments",

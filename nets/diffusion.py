@@ -37,10 +37,15 @@ class Diffusion(nn.Module):
     device. ``t`` is always the array index 0..T-1 (paper step t+1), as in diffusion_core.
     """
 
-    def __init__(self, schedule: core.DiffusionSchedule, objective: core.Objective = "eps"):
+    def __init__(self, schedule: core.DiffusionSchedule, objective: core.Objective = "eps",
+                 weighting: core.LossWeighting = "uniform",
+                 min_snr_gamma: float = core.DEFAULT_MIN_SNR_GAMMA):
         super().__init__()
         self.schedule = schedule
         self.objective = objective
+        self.weighting = weighting
+        weights = core.loss_weights(schedule, objective, weighting, min_snr_gamma)
+        self.register_buffer("loss_weight", as_table(weights), persistent=False)
         self.num_timesteps = schedule.num_timesteps
         tables = core.objective_tables(schedule, objective)
         for name in ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod"):
@@ -63,8 +68,14 @@ class Diffusion(nn.Module):
 
     def loss(self, model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
              y: torch.Tensor | None = None) -> torch.Tensor:
-        """The seed's objective: mean squared error between target and prediction (a scalar)."""
+        """Mean squared error between target and prediction (a scalar): the seed's objective, or
+        with min-SNR-γ weighting the mean over the batch of the core's weight at t times each
+        image's MSE."""
         xt = self.q_sample(x0, t, noise)
         pred = model(xt, t) if y is None else model(xt, t, y)
         target = self.training_target(x0, t, noise)
-        return torch.mean((pred.float() - target.float()) ** 2)
+        squared = (pred.float() - target.float()) ** 2
+        if self.weighting == "uniform":
+            return torch.mean(squared)
+        per_image = squared.flatten(1).mean(1)  # (B,)
+        return torch.mean(self.loss_weight[t].to(per_image.dtype) * per_image)

@@ -81,6 +81,11 @@ def add_diffusion_flags(g, d: TrainConfig) -> None:
                    help="diffusion steps T")
     g.add_argument("--objective", choices=get_args(core.Objective), default=d.objective,
                    help="what the network predicts")
+    g.add_argument("--loss-weighting", choices=get_args(core.LossWeighting), default=d.loss_weighting,
+                   help="per-timestep loss weight: uniform (Ho et al. 2020) or min-snr "
+                   "(min(SNR, gamma) on the x0 scale, Hang et al. 2023)")
+    g.add_argument("--min-snr-gamma", type=cli.positive_float, default=d.min_snr_gamma,
+                   help="with --loss-weighting min-snr: the SNR cap gamma")
     g.add_argument("--conditional", action="store_true",
                    help="class-conditional model for classifier-free guidance")
     g.add_argument("--label-dropout", type=cli.float_in(0, 1, low_open=False, high_open=True),

@@ -34,6 +34,8 @@ BAD = {
     "--schedule": ["quadratic"],
     "--timesteps": ["0", "-50"],
     "--objective": ["score"],
+    "--loss-weighting": ["min_snr", "snr"],
+    "--min-snr-gamma": ["0", "-1", "nan", "inf"],
     "--conditional": ["=1"],
     "--label-dropout": ["1", "-0.5"],
     "--base-channels": ["0", "3"],  # 3: not divisible by the 8 GroupNorm groups

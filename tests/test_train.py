@@ -198,3 +198,14 @@ def test_channels_last_training_gives_the_contiguous_losses(tmp_path, real_mnist
     cl, contiguous = losses_of(tmp_path / "cl"), losses_of(tmp_path / "contiguous")
     assert len(cl) == 8
     np.testing.assert_allclose(cl, contiguous, rtol=1e-4)  # a layout, not a change of the math
+
+
+def test_min_snr_weighting_trains_and_is_recorded_in_the_run(tmp_path, real_mnist_dir):
+    args = ["--data-dir", str(real_mnist_dir), "--split", "test", "--limit", "64", "--batch-size", "8",
+            "--max-steps", "4", "--no-figures", *TINY_MODEL]
+    code, run_dir = run_train(tmp_path, "snr", *args, "--loss-weighting", "min-snr", "--min-snr-gamma", "2.5")
+    assert code == 0
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["loss_weighting"] == "min-snr" and saved["min_snr_gamma"] == 2.5
+    assert all(np.isfinite(losses_of(run_dir)))
+    assert losses_of(run_dir) != losses_of(run_train(tmp_path, "uniform", *args)[1])

@@ -26,6 +26,8 @@ class TrainConfig:
     schedule: str = "linear"
     timesteps: int = 1000
     objective: str = "eps"
+    loss_weighting: str = "uniform"
+    min_snr_gamma: float = 5.0
     conditional: bool = False
     label_dropout: float = 0.1
     unet: dict = field(default_factory=lambda: UNetConfig().to_dict())

@@ -79,7 +79,8 @@ def build_run(cfg: TrainConfig, world: World, run_dir: Path,
     """A fresh run at step 0: seeded weights (the same on every rank), EMA = weights, AdamW."""
     device = world.device
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    diffusion = Diffusion(make_schedule(cfg.schedule, cfg.timesteps), cfg.objective).to(device)
+    diffusion = Diffusion(make_schedule(cfg.schedule, cfg.timesteps), cfg.objective,
+                          cfg.loss_weighting, cfg.min_snr_gamma).to(device)
     fmt = memory_format_for(device, amp_dtype)
     model = UNet(UNetConfig.from_dict(cfg.unet)).to(device, memory_format=fmt)
     ema = UNet(UNetConfig.from_dict(cfg.unet)).to(device, memory_format=fmt)
