@@ -490,6 +490,22 @@ def user_cache_dir() -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
+# Which images train a model, and which it never sees
+
+
+def training_and_held_out(n: int, limit: int | None = None, holdout: int = 0) -> tuple[slice, slice]:
+    """(training rows, held-out rows) of a split of ``n`` images: the last ``holdout`` are kept
+    out (``nets.train --holdout``), and training takes the first ``limit`` of the rest (all of
+    them when None). Without a holdout the held-out rows are all those training does not use.
+    ValueError when nothing is left to train on."""
+    if holdout >= n:
+        raise ValueError(f"--holdout {holdout} leaves no training images of the {n} in the split")
+    pool = n - holdout
+    stop = pool if limit is None else min(limit, pool)
+    return slice(0, stop), slice(n - holdout if holdout else stop, n)
+
+
+# ---------------------------------------------------------------------------------------------
 # uint8 <-> the network's [-1, 1]
 
 

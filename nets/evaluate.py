@@ -120,13 +120,21 @@ def samples_report(args, samples, meta, labels, real, real_features, model,
                    loaded: LoadedModel | None, device: torch.device) -> dict:
     """The samples against real digits, memorisation against the model's training images and,
     with a checkpoint, the NLL of real images."""
-    train, held_out, described = training_images_of(
-        real.images, args.split, lambda split: split_images_or_exit(args.data_dir, split),
-        loaded.config if loaded else None, args.train_images)
-    report = evaluate_samples(samples, labels, real.images, real_features, model, train, held_out,
+    try:
+        train, held_out, described = training_images_of(
+            real.images, args.split, lambda split: split_images_or_exit(args.data_dir, split),
+            loaded.config if loaded else None, args.train_images)
+    except ValueError as err:
+        cli.fail(f"--checkpoint: its config's --limit/--holdout do not fit MNIST {args.split}: {err}")
+    reference, features, which = real.images, real_features, f"all of MNIST {args.split}"
+    if loaded is not None and loaded.config.get("split", args.split) == args.split and len(held_out) >= 2:
+        # the protocol: samples against exactly the real digits the model never saw
+        reference, which = held_out, f"the {len(held_out)} images of MNIST {args.split} it never trained on"
+        features = clf.classify(model, held_out, device=device).features
+    report = evaluate_samples(samples, labels, reference, features, model, train, held_out,
                               args.seed, device)
     report = {"samples": {"path": str(args.samples), **meta},
-              "real": {"split": args.split, "count": len(real.images)}, **report}
+              "real": {"split": args.split, "count": len(reference), "reference": which}, **report}
     report["memorisation"]["training_images"] = described
     n_nll = DEFAULT_NLL_IMAGES if args.nll_images is None else args.nll_images
     if loaded is not None and n_nll:

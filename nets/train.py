@@ -22,7 +22,7 @@ import torch
 import diffusion_core as core
 from nets import cli
 from nets.checkpoint import CheckpointError, atomic_write, load_checkpoint, remove_stale_temp_files
-from nets.data import NUM_CLASSES
+from nets.data import NUM_CLASSES, MnistArrays, training_and_held_out
 from nets.device import describe_precision, use_tf32_on_cuda
 from nets.training import distributed
 from nets.training.config import RESUMABLE_OVERRIDES, TrainConfig
@@ -51,6 +51,9 @@ def add_data_flags(g, d: TrainConfig) -> None:
     g.add_argument("--split", choices=["train", "test"], default=d.split,
                    help="which MNIST split to train on")
     g.add_argument("--limit", type=cli.positive_int, help="use only the first N images")
+    g.add_argument("--holdout", type=cli.int_at_least(0), default=d.holdout,
+                   help="keep the last N images of the split out of training, recorded in the run: "
+                   "nets.evaluate --checkpoint compares samples with exactly those")
     g.add_argument("--epochs", type=cli.positive_int, default=d.epochs, help="passes over the data")
     g.add_argument("--max-steps", type=cli.positive_int,
                    help="train exactly this many optimizer steps (instead of --epochs)")
@@ -228,11 +231,16 @@ def prepare_run_dir(cfg: TrainConfig, resume_dir: Path | None, world: World) -> 
 
 def load_data(cfg: TrainConfig, world: World, memory_format) -> TrainingData:
     with world.local_main_first():  # one download per machine
-        arrays = cli.mnist_or_exit(cfg.data_dir, cfg.split, cfg.limit)
+        arrays = cli.mnist_or_exit(cfg.data_dir, cfg.split)
     try:
-        data = training_data(arrays, cfg, world, memory_format)
+        train_rows, held_rows = training_and_held_out(len(arrays), cfg.limit, cfg.holdout)
+        data = training_data(MnistArrays(arrays.images[train_rows], arrays.labels[train_rows]), cfg,
+                             world, memory_format)
     except ValueError as err:
         cli.fail(str(err))
+    if world.is_main and cfg.holdout:
+        print(f"held out: MNIST {cfg.split}[{held_rows.start}:{held_rows.stop}] ({cfg.holdout} images), "
+              f"never trained on", file=sys.stderr)
     if world.is_main:
         print(f"data: {data.count} images ({cfg.split}), {data.steps_per_epoch} steps/epoch, "
               f"{data.total_steps} steps, device {world.device}", file=sys.stderr)

@@ -333,6 +333,7 @@ def test_cli_train_sample_evaluate_round_trip(tmp_path, real_mnist_dir, trained_
     assert 0 <= m["class_entropy"] <= math.log(10) + 1e-9
     assert report["memorisation"]["training_count"] == 300
     assert report["memorisation"]["baseline"] == "held-out"
+    assert report["real"]["count"] == 9700 and "never trained on" in report["real"]["reference"]
     assert m["nn_median"] > 0 and m["memorisation_ratio"] > 0
     nll = report["nll"]
     assert nll["images"] == 4 and nll["which"] == "held-out" and nll["timesteps"] == 50
@@ -347,3 +348,18 @@ def test_a_text_file_as_classifier_is_a_classifier_error(tmp_path):
     path.write_text("not a torch file\n" * 20)
     with pytest.raises(ClassifierError, match=r"classifier \S+\.pt (is not readable|holds objects)"):
         load_classifier(path)
+
+
+@pytest.mark.parametrize(("cfg", "train_rows", "held_rows"), [
+    ({"split": "test"}, (0, 100), (100, 100)),
+    ({"split": "test", "limit": 30}, (0, 30), (30, 100)),
+    ({"split": "test", "holdout": 20}, (0, 80), (80, 100)),
+    ({"split": "test", "limit": 30, "holdout": 20}, (0, 30), (80, 100)),
+    ({"split": "test", "limit": 95, "holdout": 20}, (0, 80), (80, 100)),
+])
+def test_the_checkpoints_held_out_images_are_exactly_those_it_never_trained_on(cfg, train_rows, held_rows):
+    real = np.arange(100)
+    train, held, _ = protocol.training_images_of(real, "test", None, cfg, None)
+    np.testing.assert_array_equal(train, real[slice(*train_rows)])
+    np.testing.assert_array_equal(held, real[slice(*held_rows)])
+    assert not set(train) & set(held)

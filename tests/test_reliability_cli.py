@@ -22,6 +22,7 @@ BAD = {
     "--data-dir": ["FILE"],
     "--split": ["validation"],
     "--limit": ["0", "-3", "ten", "1.5"],
+    "--holdout": ["-1", "1.5", "10000"],  # 10000: the whole test split, nothing left to train on
     "--epochs": ["0", "x"],
     "--max-steps": ["0", "-1"],
     "--max-minutes": ["0", "-1", "nan", "inf"],

@@ -209,3 +209,14 @@ def test_min_snr_weighting_trains_and_is_recorded_in_the_run(tmp_path, real_mnis
     assert saved["loss_weighting"] == "min-snr" and saved["min_snr_gamma"] == 2.5
     assert all(np.isfinite(losses_of(run_dir)))
     assert losses_of(run_dir) != losses_of(run_train(tmp_path, "uniform", *args)[1])
+
+
+def test_holdout_keeps_the_last_images_out_and_records_them(tmp_path, real_mnist_dir, capsys):
+    args = ["--data-dir", str(real_mnist_dir), "--split", "test", "--limit", "64", "--batch-size", "8",
+            "--max-steps", "2", "--no-figures", "--holdout", "9000", *TINY_MODEL]
+    code, run_dir = run_train(tmp_path, "held", *args)
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "held out: MNIST test[1000:10000] (9000 images), never trained on" in err
+    assert "data: 64 images" in err
+    assert json.loads((run_dir / "config.json").read_text())["holdout"] == 9000

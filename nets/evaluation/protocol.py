@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from nets.data import NUM_CLASSES
+from nets.data import NUM_CLASSES, training_and_held_out
 from nets.evaluation import classifier as clf
 from nets.evaluation import metrics
 from nets.evaluation.nll import DEFAULT_NLL_IMAGES, nll_calibration
@@ -90,18 +90,18 @@ def training_images_of(real: np.ndarray, split: str, load_split: Callable[[str],
                        ) -> tuple[np.ndarray, np.ndarray, str]:
     """(images the diffusion model trained on, real images it never saw, a description).
 
-    With a checkpoint its config says (split, --limit); otherwise ``--train-images N`` says the
-    first N of the split; otherwise the whole split is taken as the training set.
-    ``load_split(name)`` gives the images of another split, when the checkpoint trained on one.
+    With a checkpoint its config says (split, --limit, --holdout: `data.training_and_held_out`);
+    otherwise ``--train-images N`` says the first N of the split; otherwise the whole split is
+    taken as the training set. ``load_split(name)`` gives the images of another split, when the
+    checkpoint trained on one.
     """
     if checkpoint_cfg is not None:
         tsplit, limit = checkpoint_cfg.get("split", split), checkpoint_cfg.get("limit")
-        if tsplit == split:
-            n = len(real) if limit is None else min(int(limit), len(real))
-            return real[:n], real[n:], f"MNIST {split}[:{n}] (from the checkpoint's config)"
-        other = load_split(tsplit)
-        n = len(other) if limit is None else min(int(limit), len(other))
-        return other[:n], real, f"MNIST {tsplit}[:{n}] (from the checkpoint's config)"
+        holdout = int(checkpoint_cfg.get("holdout", 0))
+        source = real if tsplit == split else load_split(tsplit)
+        rows, held = training_and_held_out(len(source), None if limit is None else int(limit), holdout)
+        described = f"MNIST {tsplit}[:{rows.stop}] (from the checkpoint's config)"
+        return source[rows], (source[held] if tsplit == split else real), described
     if train_images is not None:
         n = min(train_images, len(real))
         return real[:n], real[n:], f"MNIST {split}[:{n}] (--train-images)"

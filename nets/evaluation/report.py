@@ -36,6 +36,8 @@ def print_report(report: dict) -> None:
         print(f"{name:<42}{a:>12}{b:>12}")
     print("class histogram (0-9): " + " ".join(map(str, m["class_histogram"])))
     mem = report["memorisation"]
+    if "reference" in report.get("real", {}):
+        print(f"real digits compared with: {report['real']['reference']}")
     print(f"training images: {mem['training_images']}; real baseline: {mem['baseline']} "
           f"({mem['baseline_count']} images)")
     if "nll" in report:

@@ -14,6 +14,7 @@ class TrainConfig:
     data_dir: str | None = None
     split: str = "train"
     limit: int | None = None
+    holdout: int = 0  # the last N images of the split, never trained on (nets.evaluate's reference)
     epochs: int = 10
     max_steps: int | None = None
     max_minutes: float | None = None
