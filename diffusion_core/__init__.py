@@ -16,7 +16,7 @@ Modules: `betas` (β schedules), `schedule` (DiffusionSchedule), `forward` (q(x_
 `posterior` (q(x_{t-1}|x_t,x0)), `parameterization` (x0 ↔ ε ↔ v), `objectives` (training
 targets), `respacing` (step subsequences), `reverse` (DDPM/DDIM steps), `multistep` (DPM-Solver++
 2M/3M and SDE-2M tables in the same step form), `weighting` (uniform and min-SNR-γ loss
-weights), `likelihood`
+weights), `editing` (DDIM inversion, slerp, the forward jump q(x_t|x_s)), `likelihood`
 (the variational bound). Importing this package does not import torch.
 """
 
@@ -30,6 +30,7 @@ from diffusion_core.betas import (
     sigmoid_betas,
     validate_betas,
 )
+from diffusion_core.editing import ddim_inversion_coefficients, q_jump_mean_variance, slerp
 from diffusion_core.forward import GaussianMoments, q_mean_variance, q_sample
 from diffusion_core.likelihood import (
     approx_standard_normal_cdf,
@@ -86,6 +87,7 @@ __all__ = [
     "betas_from_alpha_bar",
     "cosine_betas",
     "ddim_coefficients",
+    "ddim_inversion_coefficients",
     "ddpm_coefficients",
     "discretized_gaussian_log_likelihood",
     "dpmpp_coefficients",
@@ -102,6 +104,7 @@ __all__ = [
     "predict_x0_from_eps",
     "predict_x0_from_v",
     "prior_kl",
+    "q_jump_mean_variance",
     "q_mean_variance",
     "q_posterior_mean_variance",
     "q_sample",
@@ -112,6 +115,7 @@ __all__ = [
     "reverse_step",
     "select_timesteps",
     "sigmoid_betas",
+    "slerp",
     "v_target",
     "validate_betas",
     "vb_term",
