@@ -176,6 +176,16 @@ class _CudaGraphStep:
         return self.x
 
 
+def step_function(model: nn.Module, diffusion: Diffusion, coeffs: DeviceCoefficients, dtype: torch.dtype,
+                  y: torch.Tensor | None = None, guidance: float | None = None, clip_x0: bool = True,
+                  autocast_dtype: torch.dtype | None = None) -> Callable:
+    """``step(x, k, noise) → x_prev``: one step k (a (1,) long device tensor) of a one-step table,
+    for loops that do more between steps than :func:`sample` (inpainting's replacement and
+    resampling); the same network call, guidance and update as :func:`sample`."""
+    return functools.partial(_sample_step, model, _step_table(coeffs, diffusion, dtype), coeffs.timesteps,
+                             y, guidance, clip_x0, autocast_dtype)
+
+
 @torch.inference_mode()
 def sample(model: nn.Module, diffusion: Diffusion, coeffs: DeviceCoefficients, x_T: torch.Tensor,
            noise_fn: NoiseFn, y: torch.Tensor | None = None, clip_x0: bool = True,
@@ -204,8 +214,7 @@ def sample(model: nn.Module, diffusion: Diffusion, coeffs: DeviceCoefficients, x
     if num_snapshots:
         record = {round(i * num_steps / num_snapshots) for i in range(num_snapshots)}
     snaps, snap_t = [], []
-    step = functools.partial(_sample_step, model, _step_table(coeffs, diffusion, x_T.dtype),
-                             coeffs.timesteps, y, guidance, clip_x0, autocast_dtype)
+    step = step_function(model, diffusion, coeffs, x_T.dtype, y, guidance, clip_x0, autocast_dtype)
     if cuda_graph:
         step = _CudaGraphStep(step, x_T)
     ks = torch.arange(num_steps, device=x_T.device)  # ks[k:k+1] indexes step k without a copy

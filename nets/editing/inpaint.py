@@ -1,0 +1,73 @@
+"""Inpainting: fill the unknown pixels of a digit consistently with the known ones.
+
+RePaint (Lugmayr et al. 2022, Algorithm 1) on the respaced DDPM chain: at every step the unknown
+pixels take the model's step x_{τ_{k+1}} ~ p(·|x_{τ_k}) and the known ones a fresh forward sample
+q(x_{τ_{k+1}} | x0) of the given digit (at the end: the digit itself); with ``resample`` R > 1 the
+merged image jumps back to τ_k through q(x_{τ_k} | x_{τ_{k+1}}) (diffusion_core's forward jump)
+and the step is taken again, R times in all, so the two parts have time to agree. The known
+pixels of the result are the given uint8 values, exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import diffusion_core as core
+from nets.data import images_to_uint8, to_training_tensor
+from nets.diffusion import Diffusion
+from nets.progress import Progress
+from nets.sampling import DeviceCoefficients
+from nets.sampling.chain import step_function
+
+
+@torch.inference_mode()
+def inpaint(model: torch.nn.Module, diffusion: Diffusion, original: np.ndarray, known: np.ndarray,
+            n: int, steps: int, resample: int, gen: torch.Generator, device: torch.device,
+            y: torch.Tensor | None = None, guidance: float | None = None,
+            autocast_dtype: torch.dtype | None = None, progress: bool = False) -> np.ndarray:
+    """``n`` completions (n, 28, 28) uint8 of the uint8 digit ``original`` (28, 28) whose
+    ``known`` (28, 28) bool pixels are kept."""
+    schedule = diffusion.schedule
+    table = core.ddpm_coefficients(schedule, core.select_timesteps(schedule.num_timesteps, steps, "trailing"))
+    coeffs = DeviceCoefficients(table).to(device)
+    step = step_function(model, diffusion, coeffs, torch.float32, y, guidance, True, autocast_dtype)
+    x0 = to_training_tensor(np.repeat(original[None], n, axis=0), device)  # (n, 1, 28, 28)
+    mask = torch.as_tensor(known, device=device).expand_as(x0)
+    taus = [int(t) for t in table.timesteps] + [-1]  # τ_0 > ... > τ_{K-1}, then x0
+    jumps = [_jump(schedule, taus[k + 1], taus[k]) for k in range(len(taus) - 1)]
+
+    def randn(like):
+        return torch.randn(like.shape, generator=gen, device=device)
+
+    x = randn(x0)
+    ks = torch.arange(len(table.timesteps), device=device)
+    bar = Progress("inpainting step", len(table.timesteps), rate_unit="steps/s", enabled=progress)
+    for k in range(len(table.timesteps)):
+        last = k == len(table.timesteps) - 1
+        for r in range(1 if last else resample):
+            unknown = step(x, ks[k:k + 1], None if last else randn(x))
+            merged = torch.where(mask, _forward(diffusion, x0, taus[k + 1], randn), unknown)
+            if r < resample - 1:  # RePaint: back to τ_k through q(x_{τ_k} | x_{τ_{k+1}}), again
+                coef, std = jumps[k]
+                x = coef * merged + std * randn(merged)
+            else:
+                x = merged
+        bar.update(k + 1)
+    bar.close()
+    out = images_to_uint8(x)
+    out[:, known] = original[known]  # exactly as given
+    return out
+
+
+def _forward(diffusion: Diffusion, x0: torch.Tensor, t: int, randn) -> torch.Tensor:
+    """The known pixels at level t: x0 itself at t = -1, else a draw of q(x_t | x0)."""
+    if t < 0:
+        return x0
+    return diffusion.q_sample(x0, torch.full((len(x0),), t, device=x0.device), randn(x0)).float()
+
+
+def _jump(schedule: core.DiffusionSchedule, s: int, t: int) -> tuple[float, float]:
+    """(√(ᾱ_t/ᾱ_s), √(1 - ᾱ_t/ᾱ_s)) of q(x_t | x_s), from the core."""
+    moments = core.q_jump_mean_variance(schedule, np.ones(1), s, t)
+    return float(moments.mean[0]), float(np.sqrt(moments.variance[0]))

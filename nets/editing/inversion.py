@@ -1,0 +1,54 @@
+"""Real digits → x_T by deterministic DDIM inversion, x_T → digits by DDIM, and paths between
+latents (slerp). All through the samplers' one loop (`nets.sampling.sample`) on the core's tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import diffusion_core as core
+from nets.diffusion import Diffusion
+from nets.sampling import DeviceCoefficients, sample
+from nets.sampling.chain import SPACINGS  # noqa: F401 (the step lists editing accepts)
+
+
+def edit_timesteps(schedule: core.DiffusionSchedule, steps: int) -> np.ndarray:
+    """K ascending indices from 0 to T-1 (linspace): inversion starts where decoding ends, at τ_0 = 0."""
+    return core.select_timesteps(schedule.num_timesteps, steps, "linspace")
+
+
+def _zero_noise(_k: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(like)
+
+
+def invert(model: torch.nn.Module, diffusion: Diffusion, x0: torch.Tensor, steps: int,
+           y: torch.Tensor | None = None, guidance: float | None = None,
+           autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """x0 (B, 1, 28, 28) in [-1, 1] → the latents x_{T-1} (B, 1, 28, 28), K - 1 inversion steps."""
+    table = core.ddim_inversion_coefficients(diffusion.schedule, edit_timesteps(diffusion.schedule, steps))
+    coeffs = DeviceCoefficients(table).to(x0.device)
+    return sample(model, diffusion, coeffs, x0, _zero_noise, y=y, guidance=guidance,
+                  autocast_dtype=autocast_dtype).images
+
+
+def decode(model: torch.nn.Module, diffusion: Diffusion, latents: torch.Tensor, steps: int,
+           y: torch.Tensor | None = None, guidance: float | None = None,
+           autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Latents at index T-1 → images in [-1, 1] by DDIM (η = 0) on the same K steps."""
+    table = core.ddim_coefficients(diffusion.schedule, edit_timesteps(diffusion.schedule, steps))
+    coeffs = DeviceCoefficients(table).to(latents.device)
+    return sample(model, diffusion, coeffs, latents, _zero_noise, y=y, guidance=guidance,
+                  autocast_dtype=autocast_dtype).images
+
+
+def interpolate(a: torch.Tensor, b: torch.Tensor, frames: int) -> torch.Tensor:
+    """(frames, 1, 28, 28): slerp from latent a (1, 28, 28) to b, both ends included."""
+    path = core.slerp(a.double().cpu().numpy()[None], b.double().cpu().numpy()[None],
+                      np.linspace(0.0, 1.0, frames))  # (F, 1, 1, 28, 28)
+    return torch.from_numpy(path[:, 0]).to(a.device, a.dtype)
+
+
+def round_trip_error(original: np.ndarray, reconstruction: np.ndarray) -> np.ndarray:
+    """Per image RMS difference of uint8 images (N, 28, 28), on [0, 1] pixels."""
+    diff = (original.astype(np.float64) - reconstruction.astype(np.float64)) / 255.0
+    return np.sqrt((diff ** 2).reshape(len(diff), -1).mean(1))
