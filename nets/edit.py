@@ -77,14 +77,14 @@ def build_parser() -> cli.Parser:
                        help="conditional checkpoints: classifier-free guidance w (1: plain conditional)")
         s.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
         if name == "invert":
-            s.add_argument("--index", type=index_list, default=[0], help="digits of --split, e.g. 0-15,42")
+            s.add_argument("--index", type=index_list, default="0", help="digits of --split, e.g. 0-15,42")
         if name == "interpolate":
             s.add_argument("--seeds", type=seed_pair, help="two seeds of x_T, e.g. 1,2")
             s.add_argument("--index", type=index_list, help="two real digits (via their latents), e.g. 3,7")
             s.add_argument("--frames", type=cli.int_at_least(2), default=9,
                            help="frames of the path (ends included)")
         if name == "inpaint":
-            s.add_argument("--index", type=index_list, default=[0], help="the digit of --split to complete")
+            s.add_argument("--index", type=index_list, default="0", help="the digit of --split to complete")
             s.add_argument("--mask", choices=MASKS, default="left",
                            help="known pixels: left/right/top/bottom half, all but the center, a random half")
             s.add_argument("--mask-file", type=cli.existing_path,
