@@ -37,6 +37,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=4)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--resample", type=int, default=3)
+    p.add_argument("--masks", default="left,top")
     args = p.parse_args()
     device = torch.device("cpu")
     loaded = load_model(args.run_dir, "ema", device)
@@ -55,7 +56,7 @@ def main() -> None:
         result["round_trip"][K] = {"mean": float(err.mean()), "median": float(np.median(err)),
                                    "max": float(err.max())}
         print(f"round trip K={K}: mean RMS {err.mean():.4f}", file=sys.stderr, flush=True)
-    for mask in ("left", "top", "right", "bottom"):
+    for mask in args.masks.split(","):
         known = named_mask(mask)
         hits, base_hits = [], []
         gen = torch.Generator().manual_seed(0)

@@ -24,10 +24,10 @@ import numpy as np  # noqa: E402
 
 GRID = {  # sampler: (spacing, network calls)
     "ddim": ("trailing", [5, 10, 20, 50]),
-    "ddpm": ("trailing", [10, 20, 50, 100]),
+    "ddpm": ("trailing", [10, 20, 50]),
     "dpmpp-2m": ("logsnr", [5, 10, 20]),
     "dpmpp-3m": ("logsnr", [5, 10, 20]),
-    "sde-dpmpp-2m": ("logsnr", [5, 10, 20, 50]),
+    "sde-dpmpp-2m": ("logsnr", [5, 10, 20]),
 }
 EXTRA = [("dpmpp-2m", "trailing", 10), ("ddim", "logsnr", 10)]  # the spacing's own effect
 
