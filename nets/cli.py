@@ -44,6 +44,16 @@ def fail(message: str, code: int = 2):
     raise SystemExit(code)
 
 
+def exit_after_interrupt(message: str, code: int = 130):
+    """Ctrl-C caught: one line and exit ``code`` at once. os._exit, not SystemExit: a
+    KeyboardInterrupt that surfaced inside exec() of a string (torch's lazy imports build
+    dataclasses that way) is marked unhandled by CPython, which then ends the process by SIGINT
+    after our message, whatever we return. Nothing needs closing this early in a run."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(code)
+
+
 def int_at_least(low: int, high: int | None = None):
     """An integer >= ``low`` (and <= ``high`` when given)."""
     def parse(text: str) -> int:

@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         data = load_data(cfg, world, run.memory_format)
         resume_or_report(run, resume_dir)
     except KeyboardInterrupt:
-        cli.fail("interrupted (Ctrl-C) before training started; nothing to save", code=130)
+        cli.exit_after_interrupt("interrupted (Ctrl-C) before training started; nothing to save")
     if resume_dir is not None and run.step >= data.total_steps:
         world.leave()
         return nothing_to_train(run, data, args.redo_figures)
@@ -338,8 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             make_figures(cfg, run_dir, run.ema, run.diffusion, world.device, run.amp_dtype)
         except KeyboardInterrupt:
-            cli.fail(f"interrupted (Ctrl-C) while making the figures; the checkpoint at step "
-                     f"{end.step} is saved", code=130)
+            cli.exit_after_interrupt(f"interrupted (Ctrl-C) while making the figures; the checkpoint "
+                                     f"at step {end.step} is saved")
     return 0
 
 
