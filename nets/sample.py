@@ -43,12 +43,12 @@ def build_parser() -> cli.Parser:
     p.add_argument("--sampler", choices=SAMPLERS, default="ddpm",
                    help="reverse process: ddpm, ddim, or the few-step DPM-Solver++ solvers "
                    "dpmpp-2m, dpmpp-3m (ODE) and sde-dpmpp-2m (stochastic); for a fast sample: "
-                   "--sampler dpmpp-2m --steps 10 --spacing logsnr")
+                   "--sampler dpmpp-2m --steps 10 (docs/results.md: DDIM-50's quality in 10 calls)")
     p.add_argument("--steps", type=cli.positive_int,
                    help="reverse steps K (default: all T of the checkpoint; K < T respaces)")
     p.add_argument("--spacing", choices=SPACINGS, default="trailing",
                    help="how K of the T timesteps are chosen when respacing; logsnr: uniform in "
-                   "log-SNR, 0 and T-1 kept (recommended for the dpmpp solvers)")
+                   "log-SNR, 0 and T-1 kept (measured worse than trailing on MNIST, docs/results.md)")
     p.add_argument("--eta", type=cli.float_in(0, 1, low_open=False),
                    help="DDIM η (0: deterministic; 1: DDPM-like noise); ddim only, default 0")
     p.add_argument("--variance", choices=get_args(core.Variance),
