@@ -9,7 +9,6 @@ import torch
 import diffusion_core as core
 from nets.diffusion import Diffusion
 from nets.sampling import DeviceCoefficients, sample
-from nets.sampling.chain import SPACINGS  # noqa: F401 (the step lists editing accepts)
 
 
 def edit_timesteps(schedule: core.DiffusionSchedule, steps: int) -> np.ndarray:
@@ -26,9 +25,7 @@ def invert(model: torch.nn.Module, diffusion: Diffusion, x0: torch.Tensor, steps
            autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
     """x0 (B, 1, 28, 28) in [-1, 1] → the latents x_{T-1} (B, 1, 28, 28), K - 1 inversion steps."""
     table = core.ddim_inversion_coefficients(diffusion.schedule, edit_timesteps(diffusion.schedule, steps))
-    coeffs = DeviceCoefficients(table).to(x0.device)
-    return sample(model, diffusion, coeffs, x0, _zero_noise, y=y, guidance=guidance,
-                  autocast_dtype=autocast_dtype).images
+    return _run(model, diffusion, table, x0, y, guidance, autocast_dtype)
 
 
 def decode(model: torch.nn.Module, diffusion: Diffusion, latents: torch.Tensor, steps: int,
@@ -36,8 +33,13 @@ def decode(model: torch.nn.Module, diffusion: Diffusion, latents: torch.Tensor, 
            autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Latents at index T-1 → images in [-1, 1] by DDIM (η = 0) on the same K steps."""
     table = core.ddim_coefficients(diffusion.schedule, edit_timesteps(diffusion.schedule, steps))
-    coeffs = DeviceCoefficients(table).to(latents.device)
-    return sample(model, diffusion, coeffs, latents, _zero_noise, y=y, guidance=guidance,
+    return _run(model, diffusion, table, latents, y, guidance, autocast_dtype)
+
+
+def _run(model, diffusion, table: core.ReverseCoefficients, x: torch.Tensor, y, guidance, autocast_dtype):
+    """A deterministic table (σ = 0) through the samplers' one loop."""
+    coeffs = DeviceCoefficients(table).to(x.device)
+    return sample(model, diffusion, coeffs, x, _zero_noise, y=y, guidance=guidance,
                   autocast_dtype=autocast_dtype).images
 
 
