@@ -25,7 +25,7 @@ import torch
 
 from nets import cli
 from nets.checkpoint import CheckpointError, LoadedModel, load_model
-from nets.data import NUM_CLASSES, images_to_uint8, to_training_tensor
+from nets.data import IMAGE_SHAPE, NUM_CLASSES, images_to_uint8, to_training_tensor
 from nets.device import describe_precision
 from nets.editing.inpaint import inpaint
 from nets.editing.inversion import decode, interpolate, invert, round_trip_error
@@ -195,7 +195,7 @@ def run_invert(args, inputs, loaded, device, amp, y, guidance, gen):
 def run_interpolate(args, inputs, loaded, device, amp, y, guidance, gen):
     with torch.inference_mode():
         if args.seeds is not None:
-            ends = [torch.randn((1, 1, 28, 28), generator=torch.Generator(device=device).manual_seed(s),
+            ends = [torch.randn((1, *IMAGE_SHAPE), generator=torch.Generator(device=device).manual_seed(s),
                                 device=device) for s in args.seeds]
         else:
             x0 = to_training_tensor(inputs["digits"], device)

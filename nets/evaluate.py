@@ -106,23 +106,13 @@ def check_flag_combinations(parser: cli.Parser, args) -> None:
         parser.error("argument --checkpoint: not used with --calibrate")
 
 
-def split_images_or_exit(data_dir, split: str) -> np.ndarray:
-    """Another split's images, for memorisation against a checkpoint trained on it."""
-    try:
-        from nets.data import MNIST_ERRORS, load_mnist
-        return load_mnist(data_dir, split).images
-    except MNIST_ERRORS as err:
-        cli.fail(f"memorisation: the checkpoint trained on MNIST {split}, which is not "
-                 f"available: {str(err).splitlines()[0]}")
-
-
 def samples_report(args, samples, meta, labels, real, real_features, model,
                    loaded: LoadedModel | None, device: torch.device) -> dict:
     """The samples against real digits, memorisation against the model's training images and,
     with a checkpoint, the NLL of real images."""
     try:
         train, held_out, described = training_images_of(
-            real.images, args.split, lambda split: split_images_or_exit(args.data_dir, split),
+            real.images, args.split, lambda split: cli.mnist_or_exit(args.data_dir, split).images,
             loaded.config if loaded else None, args.train_images)
     except ValueError as err:
         cli.fail(f"--checkpoint: its config's --limit/--holdout do not fit MNIST {args.split}: {err}")
