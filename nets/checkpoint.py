@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import torch
 
-from nets.data import IMAGE_SHAPE
+from nets.data import IMAGE_SHAPE, NUM_CLASSES
 from nets.diffusion import Diffusion, make_schedule
 from nets.unet import UNet, UNetConfig
 
@@ -166,6 +166,7 @@ class LoadedModel:
     config: dict  # the TrainConfig saved in the checkpoint, as a dict
     step: int
     path: Path
+    class_counts: list[int] | None = None  # training images per digit (checkpoints since 2026-12)
 
     @property
     def conditional(self) -> bool:
@@ -202,7 +203,17 @@ def load_model(path: str | os.PathLike, weights: str = "ema",
                               + (" (try --weights raw)" if weights == "ema" else ""))
     load_weights(model, state[key], f"{weights} weights in {resolved}")
     model.requires_grad_(False)
-    return LoadedModel(model.to(device).eval(), diffusion.to(device), cfg, step, resolved)
+    return LoadedModel(model.to(device).eval(), diffusion.to(device), cfg, step, resolved,
+                       _class_counts(state.get("class_counts"), resolved))
+
+
+def _class_counts(counts, path: Path) -> list[int] | None:
+    if counts is None:
+        return None
+    if (not isinstance(counts, list) or len(counts) != NUM_CLASSES
+            or not all(isinstance(c, int) and c >= 0 for c in counts) or not sum(counts)):
+        raise CheckpointError(f"{path}: class_counts is not {NUM_CLASSES} counts of training images")
+    return counts
 
 
 def _some(items: list[str], limit: int = 3) -> str:

@@ -100,6 +100,9 @@ def add_diffusion_flags(g, d: TrainConfig) -> None:
                    help="comma-separated width multipliers, one per resolution")
     g.add_argument("--num-res-blocks", type=cli.positive_int, default=u.num_res_blocks,
                    help="residual blocks per resolution")
+    g.add_argument("--attention-resolutions", default=",".join(map(str, u.attention_resolutions)),
+                   help="comma-separated feature-map sizes (28, 14, 7 by default) whose residual "
+                   "blocks get self-attention, or 'none'; the bottleneck always has one")
     g.add_argument("--dropout", type=cli.float_in(0, 1, low_open=False, high_open=True),
                    default=u.dropout, help="dropout inside residual blocks")
 
@@ -115,6 +118,9 @@ def add_run_flags(g, d: TrainConfig) -> None:
     g.add_argument("--resume", type=cli.existing_path, help="continue the run in this directory")
     g.add_argument("--checkpoint-every", type=cli.positive_int, default=d.checkpoint_every,
                    help="write a checkpoint every N steps (and always at the end)")
+    g.add_argument("--keep-checkpoints", action="store_true",
+                   help="also keep every checkpoint as checkpoint-<step>.pt (an early one can "
+                   "guide sampling: nets.sample --guide-model)")
     g.add_argument("--log-every", type=cli.positive_int, default=d.log_every,
                    help="fetch losses from the device and log them every N steps")
     g.add_argument("--num-samples", type=cli.positive_int, default=d.num_samples,
@@ -134,11 +140,17 @@ def config_from_args(argv: list[str] | None) -> tuple[TrainConfig, Path | None, 
     args = parser.parse_args(argv)
     try:
         mults = tuple(int(m) for m in args.channel_mults.split(","))
+        attention = () if args.attention_resolutions == "none" else tuple(
+            int(r) for r in args.attention_resolutions.split(","))
         unet = UNetConfig(base_channels=args.base_channels, channel_mults=mults,
-                          num_res_blocks=args.num_res_blocks, dropout=args.dropout,
-                          num_classes=NUM_CLASSES if args.conditional else 0)
+                          num_res_blocks=args.num_res_blocks, attention_resolutions=attention,
+                          dropout=args.dropout, num_classes=NUM_CLASSES if args.conditional else 0)
     except ValueError as err:
-        parser.error(f"argument --channel-mults/--base-channels: {err}")
+        parser.error(f"argument --channel-mults/--base-channels/--attention-resolutions: {err}")
+    unknown = sorted(set(attention) - set(unet.resolutions))
+    if unknown and args.attention_resolutions != parser.get_default("attention_resolutions"):
+        parser.error(f"argument --attention-resolutions: {','.join(map(str, unknown))} is not a "
+                     f"feature-map size of this U-Net ({','.join(map(str, unet.resolutions))})")
     if args.sample_steps and args.sample_steps > args.timesteps:
         parser.error(f"argument --sample-steps: {args.sample_steps} exceeds --timesteps "
                      f"{args.timesteps}")
@@ -308,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         # ---- model, diffusion, optimizer; then data in the model's memory format -------------
         run = build_run(cfg, world, run_dir, cli.autocast_from_flag(cfg.precision, world.device))
         data = load_data(cfg, world, run.memory_format)
+        run.class_counts = torch.bincount(data.labels.cpu(), minlength=NUM_CLASSES).tolist()
         resume_or_report(run, resume_dir)
     except KeyboardInterrupt:
         cli.exit_after_interrupt("interrupted (Ctrl-C) before training started; nothing to save")

@@ -55,6 +55,11 @@ class UNetConfig:
                                  f"{len(self.channel_mults) - 1} times")
             size //= 2
 
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        """Feature-map sizes, full resolution first: (28, 14, 7) for the default."""
+        return tuple(self.image_size // 2 ** i for i in range(len(self.channel_mults)))
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["channel_mults"] = list(self.channel_mults)

@@ -42,6 +42,7 @@ BAD = {
     "--base-channels": ["0", "3"],  # 3: not divisible by the 8 GroupNorm groups
     "--channel-mults": ["", "a,b", "0", "1,,2", "1,2,2,2"],  # 1,2,2,2: 28 -> 14 -> 7 -> 3.5
     "--num-res-blocks": ["0"],
+    "--attention-resolutions": ["", "a", "10", "7,"],  # sizes of this U-Net (mults 1,2): 28, 14
     "--dropout": ["1", "-0.1"],
     "--seed": ["-1", str(2**32), "abc"],
     "--device": ["tpu", "meta", "cuda:abc"] + ([] if torch.cuda.is_available() else ["cuda"]),
@@ -51,6 +52,7 @@ BAD = {
     "--run-dir": ["FILE/run", "/proc/ddpm-run"],
     "--resume": ["MISSING", "EMPTY", "FILE"],
     "--checkpoint-every": ["0"],
+    "--keep-checkpoints": ["=1"],
     "--log-every": ["0"],
     "--num-samples": ["0"],
     "--sample-steps": ["0", "51"],  # 51 > --timesteps 50

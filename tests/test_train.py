@@ -220,3 +220,41 @@ def test_holdout_keeps_the_last_images_out_and_records_them(tmp_path, real_mnist
     assert "held out: MNIST test[1000:10000] (9000 images), never trained on" in err
     assert "data: 64 images" in err
     assert json.loads((run_dir / "config.json").read_text())["holdout"] == 9000
+
+
+def test_the_checkpoint_records_the_training_images_per_digit(tmp_path, real_mnist_dir):
+    # what nets.sample --digit frequencies draws labels from: the images trained on, not the held out
+    from nets.checkpoint import load_checkpoint
+    from nets.data import load_mnist, training_and_held_out
+    args = ["--data-dir", str(real_mnist_dir), "--split", "test", "--limit", "64", "--batch-size", "8",
+            "--max-steps", "1", "--no-figures", "--holdout", "9950", *TINY_MODEL]
+    code, run_dir = run_train(tmp_path, "counts", *args)
+    assert code == 0
+    trained, _ = training_and_held_out(10000, 64, 9950)
+    labels = load_mnist(real_mnist_dir, "test").labels[trained]
+    assert load_checkpoint(run_dir)["class_counts"] == np.bincount(labels, minlength=10).tolist()
+    assert sum(load_checkpoint(run_dir)["class_counts"]) == 50
+
+
+def test_keep_checkpoints_keeps_each_one_loadable_as_a_model(tmp_path, real_mnist_dir):
+    from nets.checkpoint import load_model
+    args = ["--data-dir", str(real_mnist_dir), "--split", "test", "--limit", "64", "--batch-size", "8",
+            "--max-steps", "5", "--checkpoint-every", "2", "--no-figures", "--keep-checkpoints",
+            *TINY_MODEL]
+    code, run_dir = run_train(tmp_path, "keep", *args)
+    assert code == 0
+    kept = sorted(p.name for p in run_dir.glob("checkpoint-*.pt"))
+    assert kept == ["checkpoint-000002.pt", "checkpoint-000004.pt", "checkpoint-000005.pt"]
+    assert [load_model(run_dir / name).step for name in kept] == [2, 4, 5]
+    plain = run_train(tmp_path, "plain", *args[:-1 - len(TINY_MODEL)], *TINY_MODEL)[1]
+    assert not list(plain.glob("checkpoint-*.pt"))
+
+
+@pytest.mark.parametrize("flag, attention_blocks", [("none", 1), ("14", 4), ("28,14", 7)])
+def test_attention_resolutions_put_attention_where_asked(tmp_path, flag, attention_blocks):
+    # mults 1,2 → sizes 28 and 14; one res block per level: 1 down and 2 up blocks per size carry it,
+    # and the bottleneck always has one
+    from nets.unet import AttentionBlock
+    cfg = train.config_from_args(["--attention-resolutions", flag, *TINY_MODEL])[0]
+    model = UNet(UNetConfig.from_dict(cfg.unet))
+    assert sum(isinstance(m, AttentionBlock) for m in model.modules()) == attention_blocks

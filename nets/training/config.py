@@ -38,6 +38,7 @@ class TrainConfig:
     precision: str = "auto"
     run_dir: str = ""
     checkpoint_every: int = 500
+    keep_checkpoints: bool = False
     log_every: int = 25
     num_samples: int = 64
     sample_steps: int | None = None
@@ -48,8 +49,8 @@ class TrainConfig:
 
 # Flags that may change when a run is resumed (to extend it or move it); all others are fixed.
 RESUMABLE_OVERRIDES = ("epochs", "max_steps", "max_minutes", "device", "compile", "precision",
-                       "checkpoint_every", "log_every", "figures", "num_samples", "sample_steps",
-                       "dist_timeout")
+                       "checkpoint_every", "keep_checkpoints", "log_every", "figures", "num_samples",
+                       "sample_steps", "dist_timeout")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

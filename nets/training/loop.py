@@ -110,13 +110,20 @@ def check_losses_finite(rows: list[dict], run_dir: Path) -> None:
                              f"good checkpoint in {run_dir} is kept")
 
 
+def kept_checkpoint_name(step: int) -> str:
+    return f"checkpoint-{step:06d}.pt"
+
+
 def save(run: TrainingRun) -> None:
     """The checkpoint of every rank's (checked identical) weights, written by rank 0 atomically."""
     run.world.check_replicas_agree({"model": run.model, "ema": run.ema})
     if not run.world.is_main:
         return
     try:
-        save_checkpoint(run.checkpoint_state(), run.run_dir / "checkpoint.pt")
+        state = run.checkpoint_state()
+        save_checkpoint(state, run.run_dir / "checkpoint.pt")
+        if run.cfg.keep_checkpoints:  # earlier snapshots, e.g. a guide for autoguidance
+            save_checkpoint(state, run.run_dir / kept_checkpoint_name(run.step))
     except (ValueError, OSError, RuntimeError) as err:  # NaN weights, a full disk; torch's zip
         # writer may turn a failed write into RuntimeError
         raise TrainingFailed(f"step {run.step}: cannot save a checkpoint: {str(err).splitlines()[0]}; "

@@ -66,11 +66,12 @@ class TrainingRun:
     amp_dtype: torch.dtype | None
     memory_format: torch.memory_format
     step: int = 0
+    class_counts: list[int] | None = None  # training images per digit: nets.sample --digit frequencies
 
     def checkpoint_state(self) -> dict:
         return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "step": self.step,
-                "config": asdict(self.cfg),
+                "config": asdict(self.cfg), "class_counts": self.class_counts,
                 "rng": {"generator": self.gen.get_state(), "torch": torch.get_rng_state()}}
 
 
