@@ -28,8 +28,15 @@ import diffusion_core as core
 from nets import cli
 from nets.checkpoint import CheckpointError, load_model
 from nets.device import describe_precision, precision_name
-from nets.sampling import DeviceCoefficients, class_labels, generate, make_coefficients
+from nets.sampling import (
+    DeviceCoefficients,
+    class_labels,
+    generate,
+    labels_from_frequencies,
+    make_coefficients,
+)
 from nets.sampling.chain import MULTISTEP, SAMPLERS, SPACINGS, min_steps
+from nets.sampling.guidance import AutoGuided, check_guide_matches
 from nets.sampling.outputs import OUTPUT_SUFFIXES, write_outputs
 
 
@@ -53,11 +60,17 @@ def build_parser() -> cli.Parser:
                    help="DDIM η (0: deterministic; 1: DDPM-like noise); ddim only, default 0")
     p.add_argument("--variance", choices=get_args(core.Variance),
                    help="DDPM σ²: posterior β̃ or β; ddpm only, default posterior")
-    p.add_argument("--digit", help="conditional checkpoints: a digit 0-9, or 'all' for "
-                   "0,1,...,9 in turn (default all)")
+    p.add_argument("--digit", help="conditional checkpoints: a digit 0-9, 'all' for 0,1,...,9 "
+                   "in turn (default), or 'frequencies': labels drawn from the training set's "
+                   "class frequencies (seeded by --seed), so the samples follow p(x)")
     p.add_argument("--guidance", type=cli.float_in(float("-inf"), float("inf"), high_open=True),
                    help="conditional checkpoints: classifier-free guidance w, "
-                        "ε = ε_u + w(ε_c − ε_u); 1 plain conditional (default), 0 unconditional")
+                        "ε = ε_u + w(ε_c − ε_u); 1 plain conditional (default), 0 unconditional. "
+                        "With --guide-model: the autoguidance weight (default 2)")
+    p.add_argument("--guide-model", type=cli.existing_path,
+                   help="autoguidance (Karras et al. 2024): a worse version of the model, e.g. an "
+                   "early checkpoint of its run (nets.train --keep-checkpoints); ε = ε_guide + "
+                   "w(ε − ε_guide), no labels needed, two network calls per step")
     p.add_argument("--batch-size", type=cli.positive_int, default=256, help="images per batch")
     cli.add_seed(p, "seed of x_T and every step's noise")
     cli.add_device(p)
@@ -81,8 +94,8 @@ def check_flag_combinations(parser: cli.Parser, args) -> None:
         parser.error("argument --eta: applies to --sampler ddim only")
     if args.variance is not None and args.sampler != "ddpm":
         parser.error("argument --variance: applies to --sampler ddpm only")
-    if args.digit is not None and args.digit != "all" and args.digit not in list("0123456789"):
-        parser.error(f"argument --digit: expected 0-9 or all, got {args.digit!r}")
+    if args.digit is not None and args.digit not in [*"0123456789", "all", "frequencies"]:
+        parser.error(f"argument --digit: expected 0-9, all or frequencies, got {args.digit!r}")
     if args.sampler in MULTISTEP and args.steps is not None and args.steps < min_steps(args.sampler):
         parser.error(f"argument --steps: {args.sampler} needs at least {min_steps(args.sampler)} "
                      f"steps (its first step has no history and its last is first order)")
@@ -91,15 +104,41 @@ def check_flag_combinations(parser: cli.Parser, args) -> None:
 
 
 def conditioning(loaded, args) -> tuple:
-    """(labels, guidance) for the model: requested digits and w for a conditional model, (None,
-    None) for an unconditional one (which refuses --digit and --guidance)."""
+    """(labels, classifier-free guidance w) for the model: requested digits and w for a
+    conditional model, (None, None) for an unconditional one (which refuses --digit, and
+    --guidance unless it is the autoguidance weight). With --guide-model, w is autoguidance's."""
+    autoguided = args.guide_model is not None
     if loaded.conditional:
-        guidance = None if args.guidance in (None, 1.0) else args.guidance
-        return class_labels(args.n, args.digit or "all"), guidance
-    if args.digit is not None or args.guidance is not None:
+        guidance = None if args.guidance in (None, 1.0) or autoguided else args.guidance
+        return requested_labels(loaded, args), guidance
+    if args.digit is not None or (args.guidance is not None and not autoguided):
         cli.fail(f"--digit/--guidance: {loaded.path} is an unconditional model (trained "
                  f"without --conditional); it cannot be asked for a digit")
     return None, None
+
+
+def requested_labels(loaded, args):
+    if args.digit != "frequencies":
+        return class_labels(args.n, args.digit or "all")
+    if loaded.class_counts is None:
+        cli.fail(f"--digit frequencies: {loaded.path} does not record its training set's class "
+                 f"counts (written by an older version); use --digit all")
+    return labels_from_frequencies(args.n, loaded.class_counts, args.seed)
+
+
+def with_guide(loaded, args, device):
+    """The model to sample: ``loaded.model``, or it autoguided by --guide-model (and w, the
+    guide's description for the settings)."""
+    if args.guide_model is None:
+        return loaded.model, None
+    try:
+        guide = load_model(args.guide_model, args.weights, device)
+        check_guide_matches(loaded.config, guide.config)
+    except (CheckpointError, ValueError) as err:
+        cli.fail(f"--guide-model: {err}")
+    w = 2.0 if args.guidance is None else args.guidance
+    return AutoGuided(loaded.model, guide.model, w), {"guide_model": str(guide.path),
+                                                      "guide_step": guide.step, "autoguidance": w}
 
 
 def sampler_description(args, num_steps: int) -> str:
@@ -124,13 +163,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps is not None and args.steps > T:
         cli.fail(f"--steps {args.steps} exceeds the checkpoint's T = {T}")
     labels, guidance = conditioning(loaded, args)
+    model, autoguidance = with_guide(loaded, args, device)
     coeffs = DeviceCoefficients(make_coefficients(
         loaded.diffusion.schedule, args.sampler, args.steps, eta=args.eta or 0.0,
         variance=args.variance or "posterior", spacing=args.spacing)).to(device)
     desc = sampler_description(args, coeffs.num_steps)
     print(f"model: {loaded.path} (step {loaded.step}, {args.weights} weights, T={T}); "
           f"sampler: {desc}; device {device}, {describe_precision(amp_dtype)}", file=sys.stderr)
-    gen = generate(loaded.model, loaded.diffusion, coeffs, args.n, args.batch_size, args.seed,
+    if autoguidance:
+        print(f"autoguidance: w = {autoguidance['autoguidance']:g}, guided by "
+              f"{autoguidance['guide_model']} (step {autoguidance['guide_step']})", file=sys.stderr)
+    gen = generate(model, loaded.diffusion, coeffs, args.n, args.batch_size, args.seed,
                    device, labels=labels, guidance=guidance, trajectory=args.trajectory,
                    progress=args.progress, autocast_dtype=amp_dtype, cuda_graph=args.cuda_graph)
     settings = {"sampler": args.sampler, "steps": coeffs.num_steps, "eta": args.eta or 0.0,
@@ -141,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                 "cuda_graph": args.cuda_graph}
     if loaded.conditional:
         settings["guidance"] = 1.0 if guidance is None else guidance
+        settings["digit"] = args.digit or "all"
+    settings.update(autoguidance or {})
     try:
         written = write_outputs(args.out, gen, settings)
     except OSError as err:

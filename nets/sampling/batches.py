@@ -78,6 +78,13 @@ def generate(model: torch.nn.Module, diffusion: Diffusion, coeffs: DeviceCoeffic
                      snap_t, time.perf_counter() - t0)
 
 
+def labels_from_frequencies(n: int, class_counts: list[int], seed: int) -> np.ndarray:
+    """n labels drawn i.i.d. with the training set's class frequencies (seeded): y ~ p(y), so a
+    conditional model sampled at them generates p(x) = Σ_y p(y) p(x | y). (n,) int64."""
+    p = np.asarray(class_counts, dtype=np.float64)
+    return np.random.default_rng(seed).choice(len(p), size=n, p=p / p.sum()).astype(np.int64)
+
+
 def class_labels(n: int, digit: str) -> np.ndarray:
     """``all`` → 0, 1, ..., 9, 0, 1, ... ; a digit d → n copies of d. (n,) int64."""
     if digit == "all":
