@@ -61,8 +61,9 @@ def build_parser() -> cli.Parser:
     p.add_argument("--variance", choices=get_args(core.Variance),
                    help="DDPM σ²: posterior β̃ or β; ddpm only, default posterior")
     p.add_argument("--digit", help="conditional checkpoints: a digit 0-9, 'all' for 0,1,...,9 "
-                   "in turn (default), or 'frequencies': labels drawn from the training set's "
-                   "class frequencies (seeded by --seed), so the samples follow p(x)")
+                   "in turn, or 'frequencies': labels drawn from the training set's class "
+                   "frequencies (seeded by --seed), so the samples follow p(x) (default: "
+                   "frequencies where the checkpoint records them, else all)")
     p.add_argument("--guidance", type=cli.float_in(float("-inf"), float("inf"), high_open=True),
                    help="conditional checkpoints: classifier-free guidance w, "
                         "ε = ε_u + w(ε_c − ε_u); 1 plain conditional (default), 0 unconditional. "
@@ -118,8 +119,10 @@ def conditioning(loaded, args) -> tuple:
 
 
 def requested_labels(loaded, args):
+    if args.digit is None:
+        args.digit = "all" if loaded.class_counts is None else "frequencies"
     if args.digit != "frequencies":
-        return class_labels(args.n, args.digit or "all")
+        return class_labels(args.n, args.digit)
     if loaded.class_counts is None:
         cli.fail(f"--digit frequencies: {loaded.path} does not record its training set's class "
                  f"counts (written by an older version); use --digit all")
@@ -184,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                 "cuda_graph": args.cuda_graph}
     if loaded.conditional:
         settings["guidance"] = 1.0 if guidance is None else guidance
-        settings["digit"] = args.digit or "all"
+        settings["digit"] = args.digit
     settings.update(autoguidance or {})
     try:
         written = write_outputs(args.out, gen, settings)

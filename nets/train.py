@@ -89,13 +89,19 @@ def add_diffusion_flags(g, d: TrainConfig) -> None:
                    "(min(SNR, gamma) on the x0 scale, Hang et al. 2023)")
     g.add_argument("--min-snr-gamma", type=cli.positive_float, default=d.min_snr_gamma,
                    help="with --loss-weighting min-snr: the SNR cap gamma")
-    g.add_argument("--conditional", action="store_true",
-                   help="class-conditional model for classifier-free guidance")
+    g.add_argument("--conditional", action=argparse.BooleanOptionalAction, default=d.conditional,
+                   help="class-conditional model (labels dropped with --label-dropout, for "
+                   "classifier-free guidance); nets.sample draws its labels from the training "
+                   "class frequencies, so it generates p(x) — at equal budget better than an "
+                   "unconditional model (docs/results.md, the recipe study); --no-conditional: "
+                   "an unconditional model")
     g.add_argument("--label-dropout", type=cli.float_in(0, 1, low_open=False, high_open=True),
                    default=d.label_dropout, help="with --conditional: probability a label is dropped")
-    u = UNetConfig()
+    u = UNetConfig.from_dict(d.unet)
     g.add_argument("--base-channels", type=cli.positive_int, default=u.base_channels,
-                   help="U-Net width at full resolution")
+                   help="U-Net width at full resolution; 16 buys 2x the steps of 32 per minute on "
+                   "a CPU, while 32 learns more per step: for a run bounded by epochs, not "
+                   "minutes (a GPU, the full 60k), try 32 with --batch-size 128")
     g.add_argument("--channel-mults", default=",".join(map(str, u.channel_mults)),
                    help="comma-separated width multipliers, one per resolution")
     g.add_argument("--num-res-blocks", type=cli.positive_int, default=u.num_res_blocks,

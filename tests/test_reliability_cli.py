@@ -38,6 +38,7 @@ BAD = {
     "--loss-weighting": ["min_snr", "snr"],
     "--min-snr-gamma": ["0", "-1", "nan", "inf"],
     "--conditional": ["=1"],
+    "--no-conditional": ["=1"],
     "--label-dropout": ["1", "-0.5"],
     "--base-channels": ["0", "3"],  # 3: not divisible by the 8 GroupNorm groups
     "--channel-mults": ["", "a,b", "0", "1,,2", "1,2,2,2"],  # 1,2,2,2: 28 -> 14 -> 7 -> 3.5
