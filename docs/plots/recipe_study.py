@@ -93,12 +93,29 @@ def run_arm(name, args):
                  "--nll-images", 0, "--classifier", args.classifier, "--json", report], env, log)
 
 
+def sampling_of(settings):
+    """(how the samples were drawn, network evaluations per image)."""
+    desc, calls = f"{settings['sampler']} {settings['steps']}", settings["steps"]
+    if settings.get("guidance") is not None:
+        desc += f", labels {settings.get('digit', 'all')}"
+        desc += f", CFG w = {settings['guidance']:g}" if settings["guidance"] != 1.0 else ""
+        calls *= 1 if settings["guidance"] == 1.0 else 2
+    if settings.get("autoguidance") is not None:
+        desc += f", autoguided by step {settings['guide_step']}, w = {settings['autoguidance']:g}"
+        calls *= 2
+    if settings.get("seed", 0):
+        desc += f", seed {settings['seed']}"
+    return desc, calls
+
+
 def row(run_dir, report):
     r = json.loads(report.read_text())
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     last = [m for m in metrics if "step" in m][-1]
+    sampling, calls = sampling_of(r["samples"])
     return {"arm": run_dir.name, "samples": report.stem.removesuffix(".eval"),
-            "flags": " ".join(parse_arm(run_dir.name)),
+            "flags": " ".join(parse_arm(run_dir.name)), "sampling": sampling, "calls": calls,
+            "requested": r["metrics"].get("label_agreement"),
             "steps": last["step"],
             "fd": r["metrics"]["frechet_distance"], "recognised": r["metrics"]["confident_fraction"],
             "class_entropy": r["metrics"]["class_entropy"],
@@ -108,10 +125,10 @@ def row(run_dir, report):
 
 
 def report(out_dir):
-    rows = [row(report.parent, report) for report in sorted(out_dir.glob("*/samples*.eval.json"))]
+    rows = [row(report.parent, report) for report in sorted(out_dir.glob("*/*.eval.json"))]
     (out_dir / "study.json").write_text(json.dumps(rows, indent=1) + "\n")
     for r in sorted(rows, key=lambda r: r["fd"]):
-        print(f"{r['arm']:28s} {r['samples']:12s} steps {r['steps']:5d}  FD {r['fd']:7.1f}  "
+        print(f"{r['arm']:28s} {r['sampling']:50s} steps {r['steps']:5d}  FD {r['fd']:7.1f}  "
               f"recognised {100 * r['recognised']:5.1f}%  entropy {r['class_entropy']:.3f}  "
               f"memo {r['memorisation_ratio']:.3f}   (floor FD {r['floor_fd']:.2f}, "
               f"{100 * r['floor_recognised']:.1f}%)")
@@ -122,7 +139,7 @@ def report(out_dir):
 
 def plot(rows, path):
     rows = sorted(rows, key=lambda r: r["fd"])
-    labels = [f"{r['arm']} {r['samples'].removeprefix('samples')}".strip() for r in rows]
+    labels = [f"{r['arm']}: {r['sampling']}" for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 0.32 * len(rows) + 1.5), sharey=True)
     y = np.arange(len(rows))
     ax1.barh(y, [r["fd"] for r in rows], color="tab:blue")
@@ -154,8 +171,7 @@ def grids(rows, out_dir, path, per_row=20):
         ax.imshow(np.concatenate(list(images), axis=1), cmap="gray", vmin=0, vmax=255)
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_ylabel(f"{r['arm']}\n{r['samples'].removeprefix('samples')}", rotation=0, ha="right",
-                      va="center", fontsize=7)
+        ax.set_ylabel(f"{r['arm']}\n{r['sampling']}", rotation=0, ha="right", va="center", fontsize=6)
     fig.suptitle(f"the first {per_row} digits of each arm (seed 0, best FD first)", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
