@@ -59,7 +59,8 @@ class ProjectTrainStep:
     def __init__(self, model: torch.nn.Module, images: np.ndarray, batch_size: int,
                  diffusion: Diffusion, device: torch.device, autocast_dtype: torch.dtype | None,
                  channels_last: bool = False, compile: bool = False, seed: int = 0):
-        self.cfg = TrainConfig(batch_size=batch_size, timesteps=diffusion.num_timesteps, seed=seed)
+        self.cfg = TrainConfig(batch_size=batch_size, timesteps=diffusion.num_timesteps, seed=seed,
+                               conditional=model.config.num_classes > 0)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(device=device, memory_format=fmt)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)

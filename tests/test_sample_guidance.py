@@ -69,7 +69,7 @@ def test_autoguidance_mixes_x0_predictions_the_same_as_eps_predictions():
 @pytest.mark.parametrize("key, value", [("objective", "v"), ("schedule", "cosine"),
                                         ("timesteps", 50), ("conditional", True)])
 def test_a_guide_of_another_kind_is_refused_naming_what_differs(key, value):
-    main = asdict(TrainConfig())
+    main = asdict(TrainConfig(conditional=False))
     with pytest.raises(ValueError, match=f"guide model's {key}"):
         check_guide_matches(main, {**main, key: value})
     check_guide_matches(main, dict(main))
@@ -167,3 +167,14 @@ def test_a_checkpoint_with_garbled_class_counts_exits_2(tmp_path, capsys):
     ckpt = write(tmp_path / "bad.pt", tiny_model(10), 10, class_counts=[1, 2, 3])
     code, err = run_main(capsys, "--checkpoint", ckpt, "--out", tmp_path / "o.npz")
     assert code == 2 and "class_counts" in err and "Traceback" not in err
+
+
+def test_cli_a_conditional_checkpoint_with_counts_samples_the_frequencies_by_default(tmp_path, capsys):
+    counts = [1, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+    ckpt = write(tmp_path / "c.pt", tiny_model(10), 10, class_counts=counts)
+    code, err = run_main(capsys, "--checkpoint", ckpt, "--n", "12", "--steps", "2", "--out",
+                         tmp_path / "d.npz")
+    assert code == 0, err
+    _, settings = images_of(tmp_path / "d.npz")
+    assert str(settings["digit"]) == "frequencies" and set(settings["labels"]) <= {0, 9}
+    np.testing.assert_array_equal(settings["labels"], labels_from_frequencies(12, counts, 0))

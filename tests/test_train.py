@@ -121,7 +121,7 @@ def test_auto_precision_is_bf16_exactly_where_the_cpu_has_native_bf16():
 
 def tiny_step_inputs(seed=0):
     torch.manual_seed(seed)
-    cfg = TrainConfig(timesteps=50, batch_size=8, lr=1e-3, warmup_steps=1)
+    cfg = TrainConfig(timesteps=50, batch_size=8, lr=1e-3, warmup_steps=1, conditional=False)
     model = UNet(UNetConfig(base_channels=8, channel_mults=(1, 2)))
     with torch.no_grad():  # wake the zero-initialised output layers, so the network's arithmetic shows
         for p in model.parameters():
