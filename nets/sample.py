@@ -118,11 +118,17 @@ def conditioning(loaded, args) -> tuple:
     return None, None
 
 
+def digit_request(loaded, args) -> str:
+    """--digit, or its default: the class frequencies where the checkpoint records them."""
+    if args.digit is not None:
+        return args.digit
+    return "all" if loaded.class_counts is None else "frequencies"
+
+
 def requested_labels(loaded, args):
-    if args.digit is None:
-        args.digit = "all" if loaded.class_counts is None else "frequencies"
-    if args.digit != "frequencies":
-        return class_labels(args.n, args.digit)
+    digit = digit_request(loaded, args)
+    if digit != "frequencies":
+        return class_labels(args.n, digit)
     if loaded.class_counts is None:
         cli.fail(f"--digit frequencies: {loaded.path} does not record its training set's class "
                  f"counts (written by an older version); use --digit all")
@@ -187,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                 "cuda_graph": args.cuda_graph}
     if loaded.conditional:
         settings["guidance"] = 1.0 if guidance is None else guidance
-        settings["digit"] = args.digit
+        settings["digit"] = digit_request(loaded, args)
     settings.update(autoguidance or {})
     try:
         written = write_outputs(args.out, gen, settings)
