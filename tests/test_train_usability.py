@@ -219,15 +219,18 @@ def test_a_resume_removes_the_temp_files_of_writes_killed_with_sigkill(tmp_path,
 
 def test_a_full_disk_while_appending_the_log_exits_1_with_one_line_and_keeps_the_checkpoint(
         tmp_path, real_mnist_dir):
-    """RLIMIT_FSIZE (the kernel refuses the write with EFBIG, as a full disk does with ENOSPC) of
-    1000 bytes: config.json fits, the log reaches it within ~15 rows, long before the
-    step-40 checkpoint; a resume with room then finishes the run."""
+    """RLIMIT_FSIZE (the kernel refuses the write with EFBIG, as a full disk does with ENOSPC)
+    400 bytes above config.json's size (which grows with the paths it records, so a fixed limit
+    would fail on a machine with longer paths): config.json fits, the log (~65 bytes a row)
+    reaches it within ~6 rows, long before the step-40 checkpoint; a resume with room then
+    finishes the run."""
     run_dir = tmp_path / "run"
     assert run_in_process(*TINY, "--data-dir", real_mnist_dir, "--max-steps", 2, "--no-figures",
                           "--run-dir", run_dir)[0] == 0
     good = (run_dir / "checkpoint.pt").read_bytes()
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, hard))
+    config_bytes = (run_dir / "config.json").stat().st_size
+    resource.setrlimit(resource.RLIMIT_FSIZE, (config_bytes + 400, hard))
     try:
         code, stderr = run_in_process("--resume", run_dir, "--max-steps", 40, "--log-every", 1,
                                       "--checkpoint-every", 1000)
