@@ -38,7 +38,7 @@ from benchmarks.naive import NaiveTrainStep
 from nets import cli
 from nets.data import to_training_tensor
 from nets.diffusion import Diffusion
-from nets.training.config import TrainConfig
+from nets.training.config import TrainConfig, lr_at, total_steps
 from nets.training.step import Batch, draw_batch, epoch_permutation, train_step
 
 DEFAULTS = {"batch_sizes": [64, 128], "precision": ["fp32", "auto"], "repeats": 5, "warmup": 2, "steps": 3}
@@ -86,8 +86,9 @@ class ProjectTrainStep:
         return draw_batch(self.data, self.targets, idx, slice(None), self.gen, cfg)
 
     def __call__(self) -> None:
+        lr = lr_at(self.step, self.cfg, total_steps(self.cfg, self.steps_per_epoch))
         loss = train_step(self.forward, self.model, self.ema, self.optimizer, self.diffusion,
-                          self.batch(), self.step, self.cfg, self.autocast_dtype)
+                          self.batch(), self.step, lr, self.cfg, self.autocast_dtype)
         self.loss_buf[self.step % self.cfg.log_every] = loss
         self.step += 1
 

@@ -25,7 +25,7 @@ from nets.checkpoint import CheckpointError, atomic_write, load_checkpoint, remo
 from nets.data import NUM_CLASSES, MnistArrays, training_and_held_out
 from nets.device import describe_precision, use_tf32_on_cuda
 from nets.training import distributed
-from nets.training.config import RESUMABLE_OVERRIDES, TrainConfig
+from nets.training.config import LR_SCHEDULES, RESUMABLE_OVERRIDES, TrainConfig
 from nets.training.distributed import World
 from nets.training.figures import make_figures, missing_figures
 from nets.training.loop import SIGNAL_EXIT_CODES, TrainingFailed, train_loop
@@ -69,6 +69,10 @@ def add_optimizer_flags(g, d: TrainConfig) -> None:
                    help="AdamW peak learning rate")
     g.add_argument("--warmup-steps", type=cli.int_at_least(0), default=d.warmup_steps,
                    help="linear learning-rate warm-up steps")
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
+                   help="after the warm-up: constant, or a half cosine down to 0 at the run's last "
+                   "step (--max-steps, else --epochs; --max-minutes does not move it, so give a "
+                   "time-bounded run --max-steps for the decay to finish)")
     g.add_argument("--weight-decay", type=cli.float_in(0, 1, low_open=False),
                    default=d.weight_decay, help="AdamW weight decay")
     g.add_argument("--grad-clip", type=cli.positive_float, default=d.grad_clip,
@@ -264,8 +268,16 @@ def load_data(cfg: TrainConfig, world: World, memory_format) -> TrainingData:
               f"{data.total_steps} steps, device {world.device}", file=sys.stderr)
         print(f"batch: {data.global_batch} images per step = {cfg.batch_size} per process × "
               f"{world.size} process{'es' if world.size > 1 else ''}; peak lr {cfg.lr:g}, never "
-              f"scaled with the batch", file=sys.stderr)
+              f"scaled with the batch{lr_decay_note(cfg, data.total_steps)}", file=sys.stderr)
     return data
+
+
+def lr_decay_note(cfg: TrainConfig, end: int) -> str:
+    """How the lr decays, for the start-up report ('' for a constant lr)."""
+    if cfg.lr_schedule == "constant":
+        return ""
+    note = f"; {cfg.lr_schedule} decay to 0 at step {end}"
+    return note + (" unless --max-minutes stops it first" if cfg.max_minutes else "")
 
 
 def resume_or_report(run: TrainingRun, resume_dir: Path | None) -> None:

@@ -43,7 +43,7 @@ STEPS = 6
 # With fp32 CPU training in channels_last (the convolutions' bias gradients are reduced in another
 # order) that one entry differs by up to 3.7e-5; the others by less than 1e-6. So: every entry
 # within a quarter of Σ lr, and all but a handful (0.1 %) within 1e-6.
-SUM_LR = sum(lr_at(s, TrainConfig()) for s in range(STEPS))  # the default warm-up
+SUM_LR = sum(lr_at(s, TrainConfig(), STEPS) for s in range(STEPS))  # the default warm-up
 WEIGHT_ATOL = SUM_LR / 4
 TIGHT_ATOL, TIGHT_SHARE = 1e-6, 0.999
 

@@ -29,6 +29,7 @@ BAD = {
     "--batch-size": ["0", "65"],  # 65 > the 64 images of --limit
     "--lr": ["0", "-1e-3", "nan", "inf", "1e31"],
     "--warmup-steps": ["-1", "2.5"],
+    "--lr-schedule": ["linear", "Cosine", ""],
     "--weight-decay": ["-0.1", "1.5", "nan"],
     "--grad-clip": ["0", "-1", "nan"],
     "--ema-decay": ["1", "-0.1", "1.01"],

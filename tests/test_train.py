@@ -1,12 +1,15 @@
 """The training loop: over-fitting, repeatability, and the CLI end to end on real digits."""
 
 import json
+import math
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import diffusion_core as core
 from nets import train
@@ -84,9 +87,72 @@ def test_cli_end_to_end_writes_checkpoint_metrics_and_three_figures(tmp_path, re
 
 def test_lr_warms_up_linearly_then_stays_at_the_peak():
     cfg = TrainConfig(lr=1e-3, warmup_steps=10)
-    assert lr_at(0, cfg) == pytest.approx(1e-4)
-    assert lr_at(9, cfg) == pytest.approx(1e-3)
-    assert lr_at(5000, cfg) == 1e-3
+    assert lr_at(0, cfg, 6000) == pytest.approx(1e-4)
+    assert lr_at(9, cfg, 6000) == pytest.approx(1e-3)
+    assert lr_at(5000, cfg, 6000) == 1e-3
+
+
+schedule_lengths = st.tuples(st.integers(0, 300), st.integers(1, 3000)).map(
+    lambda wd: (wd[0], wd[0] + wd[1]))  # (warm-up steps, end): at least one step after the warm-up
+
+
+@settings(deadline=None)
+@given(schedule_lengths)
+def test_cosine_lr_is_the_warm_up_then_falls_monotonically_from_the_peak(lengths):
+    warmup, end = lengths
+    cosine, constant = (TrainConfig(lr=2e-3, warmup_steps=warmup, lr_schedule=s) for s in ("cosine", "constant"))
+    lrs = [lr_at(s, cosine, end) for s in range(end)]
+    assert lrs[:warmup] == [lr_at(s, constant, end) for s in range(warmup)]
+    assert lrs[warmup] == pytest.approx(2e-3)  # the peak, where the decay starts
+    assert all(a >= b for a, b in zip(lrs[warmup:], lrs[warmup + 1:]))
+    assert lrs[-1] > 0  # the last step still learns; 0 would be at step `end`
+    assert lr_at(end, cosine, end) == pytest.approx(0, abs=1e-18)
+
+
+@settings(deadline=None)
+@given(schedule_lengths)
+def test_cosine_lr_is_point_symmetric_about_the_middle_of_the_decay(lengths):
+    """(1 + cos(pi x)) / 2 + (1 + cos(pi (1 - x))) / 2 = 1: steps d after the warm-up and d before
+    the end sum to the peak, so the midpoint (when the decay has an even length) is half of it."""
+    warmup, end = lengths
+    cfg = TrainConfig(lr=1.0, warmup_steps=warmup, lr_schedule="cosine")
+    for d in range(0, end - warmup + 1, max(1, (end - warmup) // 7)):
+        assert lr_at(warmup + d, cfg, end) + lr_at(end - d, cfg, end) == pytest.approx(1.0)
+    if (end - warmup) % 2 == 0:
+        assert lr_at((warmup + end) // 2, cfg, end) == pytest.approx(0.5)
+
+
+@settings(deadline=None)
+@given(schedule_lengths, st.floats(0, 1))
+def test_cosine_lr_is_the_squared_cosine_of_half_the_angle(lengths, fraction):
+    """Half-angle identity, (1 + cos t) / 2 = cos^2(t / 2): d steps into a decay of n, the lr is
+    the peak times cos^2(pi d / 2n); flat at both ends, unlike a linear decay."""
+    warmup, end = lengths
+    n = end - warmup
+    d = round(fraction * n)
+    cfg = TrainConfig(lr=3e-3, warmup_steps=warmup, lr_schedule="cosine")
+    assert lr_at(warmup + d, cfg, end) == pytest.approx(3e-3 * math.cos(math.pi * d / (2 * n)) ** 2,
+                                                        rel=1e-9, abs=1e-15)
+
+
+def test_a_cosine_run_logs_and_uses_the_schedule_and_a_resume_restretches_it(tmp_path, real_mnist_dir):
+    """The lr column of metrics.jsonl is lr_at of each step with the run's end, the optimizer's
+    last lr is that of the last step, and a resume to a later --max-steps decays to the new end."""
+    args = ["--data-dir", str(real_mnist_dir), "--split", "test", "--limit", "64", "--batch-size", "8",
+            "--no-figures", "--log-every", "1", "--warmup-steps", "2", "--lr-schedule", "cosine",
+            *TINY_MODEL]
+    code, run_dir = run_train(tmp_path, "cos", *args, "--max-steps", "6")
+    assert code == 0
+    cfg = TrainConfig(warmup_steps=2, lr_schedule="cosine")
+    logged = [json.loads(line)["lr"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert logged == pytest.approx([lr_at(s, cfg, 6) for s in range(6)])
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert state["config"]["lr_schedule"] == "cosine"
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(lr_at(5, cfg, 6))
+    assert train.main(["--resume", str(run_dir), "--max-steps", "10"]) == 0
+    logged = [json.loads(line)["lr"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert logged[6:] == pytest.approx([lr_at(s, cfg, 10) for s in range(6, 10)])
+    assert logged[6] > logged[5]  # the new end lifts the lr back up the longer curve
 
 
 def test_ema_decay_warms_up_from_small_to_the_configured_value():
@@ -142,7 +208,7 @@ def test_train_step_returns_the_batch_loss_and_moves_weights_and_ema(amp_dtype):
     before = [p.detach().clone() for p in model.parameters()]
     with torch.no_grad():
         expected = diffusion.loss(model, batch.x0, batch.t, batch.noise).item()
-    loss = train_step(model, model, ema, opt, diffusion, batch, 0, cfg, amp_dtype)
+    loss = train_step(model, model, ema, opt, diffusion, batch, 0, cfg.lr, cfg, amp_dtype)
     assert not loss.requires_grad and loss.dtype == torch.float32
     # bf16 rounds the network's arithmetic to 8 bits of mantissa: the loss to ~1 %
     assert loss.item() == pytest.approx(expected, rel=1e-6 if amp_dtype is None else 3e-2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from nets.data import NUM_CLASSES
@@ -22,6 +23,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 2e-3
     warmup_steps: int = 200
+    lr_schedule: str = "constant"  # after the warm-up: constant, or cosine to 0 at the last step
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
@@ -57,9 +59,18 @@ RESUMABLE_OVERRIDES = ("epochs", "max_steps", "max_minutes", "device", "compile"
                        "sample_steps", "dist_timeout")
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to the peak, then constant (the EMA does the averaging)."""
-    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_at(step: int, cfg: TrainConfig, end: int) -> float:
+    """The lr of step ``step`` (0-based) of a run that ends at step ``end``: linear warm-up to the
+    peak over --warmup-steps, then constant, or a half cosine from the peak at the warm-up's end
+    to 0 at ``end`` (never reached: the last step, ``end - 1``, still moves the weights)."""
+    warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    if cfg.lr_schedule == "constant":
+        return cfg.lr * warm
+    done = min(1.0, max(0.0, (step - cfg.warmup_steps) / max(1, end - cfg.warmup_steps)))
+    return cfg.lr * warm * 0.5 * (1.0 + math.cos(math.pi * done))
 
 
 def ema_decay_at(step: int, cfg: TrainConfig) -> float:

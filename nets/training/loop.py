@@ -96,7 +96,8 @@ class LossLog:
     def flush(self, run: TrainingRun, data: TrainingData) -> list[dict]:
         """The rows since the last flush, losses averaged over ranks: the loop's one host sync."""
         losses = run.world.mean(self.buffer[: run.step - self.logged_to]).tolist()
-        rows = [{"step": s + 1, "epoch": s // data.steps_per_epoch, "loss": v, "lr": lr_at(s, run.cfg)}
+        rows = [{"step": s + 1, "epoch": s // data.steps_per_epoch, "loss": v,
+                 "lr": lr_at(s, run.cfg, data.total_steps)}
                 for s, v in zip(range(self.logged_to, run.step), losses, strict=True)]
         self.logged_to = run.step
         return rows
@@ -158,8 +159,9 @@ def train_loop(run: TrainingRun, data: TrainingData) -> LoopEnd:
                     perm = epoch_permutation(cfg.seed, epoch, data.count, world.device)
                 idx = perm[pos * data.global_batch:(pos + 1) * data.global_batch]
                 batch = draw_batch(data.images, data.labels, idx, rows_of_rank, run.gen, cfg)
+                lr = lr_at(run.step, cfg, data.total_steps)
                 log.add(run.step, train_step(run.forward, run.model, run.ema, run.optimizer,
-                                             run.diffusion, batch, run.step, cfg, run.amp_dtype))
+                                             run.diffusion, batch, run.step, lr, cfg, run.amp_dtype))
                 run.step += 1
                 signum = signals.caught  # read once: a signal landing after this waits one more step
                 timed_out = time_limit is not None and time.perf_counter() - t_start > time_limit

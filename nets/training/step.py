@@ -13,7 +13,7 @@ import torch
 
 from nets.data import NUM_CLASSES
 from nets.diffusion import Diffusion
-from nets.training.config import TrainConfig, ema_decay_at, lr_at
+from nets.training.config import TrainConfig, ema_decay_at
 
 
 def epoch_permutation(seed: int, epoch: int, n: int, device: torch.device) -> torch.Tensor:
@@ -59,14 +59,15 @@ def draw_batch(data: torch.Tensor, targets: torch.Tensor, idx: torch.Tensor, row
 
 def train_step(forward: Callable, model: torch.nn.Module, ema: torch.nn.Module,
                optimizer: torch.optim.Optimizer, diffusion: Diffusion, batch: Batch, step: int,
-               cfg: TrainConfig, amp_dtype: torch.dtype | None) -> torch.Tensor:
-    """One optimizer step: loss (network under autocast), AdamW with warm-up and clipping, EMA.
+               lr: float, cfg: TrainConfig, amp_dtype: torch.dtype | None) -> torch.Tensor:
+    """One optimizer step at learning rate ``lr``: loss (network under autocast), AdamW with
+    clipping, EMA.
 
     ``forward`` is ``model`` or a wrapper of it (DDP, torch.compile). Returns the loss as a
     device tensor: reading it is the caller's choice, so the step itself never syncs.
     """
     for group in optimizer.param_groups:
-        group["lr"] = lr_at(step, cfg)
+        group["lr"] = lr
     with torch.autocast(batch.x0.device.type, dtype=amp_dtype or torch.bfloat16,
                         enabled=amp_dtype is not None):
         loss = diffusion.loss(forward, batch.x0, batch.t, batch.noise, batch.y)
