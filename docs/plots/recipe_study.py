@@ -45,6 +45,9 @@ ARMS = {  # name: nets.train flags on top of the defaults
     "attn-none": ["--attention-resolutions", "none"],
     "attn-14-7": ["--attention-resolutions", "14,7"],
     "conditional": ["--conditional"],
+    # against today's defaults (conditional, width 16, batch 64, min-SNR):
+    "old-recipe": ["--base-channels", "32", "--batch-size", "128", "--loss-weighting", "uniform"],
+    "cosine-lr": ["--lr-schedule", "cosine"],  # with steps-N: the decay ends at step N
 }
 SAMPLER = ["--sampler", "sde-dpmpp-2m", "--steps", "20", "--spacing", "logsnr"]
 
@@ -53,6 +56,9 @@ def parse_arm(name):
     """'a+b' combines arms a and b (later flags win)."""
     flags = []
     for part in name.split("+"):
+        if part.startswith("steps-") and part[6:].isdigit():  # steps-N: --max-steps N
+            flags += ["--max-steps", part[6:]]
+            continue
         if part not in ARMS:
             raise SystemExit(f"error: unknown arm {part!r}; known: {', '.join(ARMS)}")
         flags += ARMS[part]
@@ -75,7 +81,7 @@ def run_arm(name, args):
         run(["nets.train", "--data-dir", args.data_dir, "--split", "test", "--holdout", "5000",
              "--epochs", "100000", "--max-minutes", args.minutes, "--no-figures",
              "--run-dir", run_dir, *parse_arm(name), *keep], env, log)
-    conditional = "conditional" in name
+    conditional = json.loads((run_dir / "config.json").read_text())["conditional"]
     guidance = ["--guidance", str(args.guidance), "--digit", "frequencies"] if conditional else []
     variants = [("", [])] + [(f"-w{w}", ["--guidance", w]) for w in args.extra_guidance if conditional]
     for spec in args.autoguide if not conditional else []:  # STEP:W, the guide: the checkpoint at STEP
