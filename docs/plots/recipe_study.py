@@ -48,6 +48,7 @@ ARMS = {  # name: nets.train flags on top of the defaults
     # against today's defaults (conditional, width 16, batch 64, min-SNR):
     "old-recipe": ["--base-channels", "32", "--batch-size", "128", "--loss-weighting", "uniform"],
     "cosine-lr": ["--lr-schedule", "cosine"],  # with steps-N: the decay ends at step N
+    "seed-1": ["--seed", "1"],  # another training seed: how much of a difference is training noise
 }
 SAMPLER = ["--sampler", "sde-dpmpp-2m", "--steps", "20", "--spacing", "logsnr"]
 
@@ -84,7 +85,8 @@ def run_arm(name, args):
     conditional = json.loads((run_dir / "config.json").read_text())["conditional"]
     guidance = ["--guidance", str(args.guidance), "--digit", "frequencies"] if conditional else []
     variants = [("", [])] + [(f"-w{w}", ["--guidance", w]) for w in args.extra_guidance if conditional]
-    for spec in args.autoguide if not conditional else []:  # STEP:W, the guide: the checkpoint at STEP
+    for spec in args.autoguide:  # STEP:W, the guide: the checkpoint at STEP (conditional arms:
+        # labels from the frequencies, the later --guidance is the autoguidance weight, no CFG)
         step, w = spec.split(":")
         guide = run_dir / f"checkpoint-{int(step):06d}.pt"
         variants.append((f"-ag{step}-w{w}", ["--guide-model", guide, "--guidance", w]))
