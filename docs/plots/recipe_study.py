@@ -3,6 +3,7 @@
 Usage:
     python docs/plots/recipe_study.py OUT_DIR --data-dir DIR --classifier PATH \
         --minutes 5 --threads 1 --workers 2 ARM [ARM ...]
+    python docs/plots/recipe_study.py OUT_DIR ARM --at-step 4000   # its checkpoint-004000.pt
     python docs/plots/recipe_study.py OUT_DIR --report    # table, plot and grids of what is done
 
 Each arm is one ``python -m nets.train`` on MNIST test[:5000] (``--split test --holdout 5000``)
@@ -90,10 +91,13 @@ def run_arm(name, args):
         step, w = spec.split(":")
         guide = run_dir / f"checkpoint-{int(step):06d}.pt"
         variants.append((f"-ag{step}-w{w}", ["--guide-model", guide, "--guidance", w]))
+    checkpoint, at = run_dir, ""
+    if args.at_step:  # an earlier kept checkpoint: arms compared at equal steps, not equal minutes
+        checkpoint, at = run_dir / f"checkpoint-{args.at_step:06d}.pt", f"-at{args.at_step}"
     for suffix, extra in variants:
-        npz = run_dir / f"samples{suffix}.npz"
+        npz = run_dir / f"samples{at}{suffix}.npz"
         if not npz.exists():
-            run(["nets.sample", "--checkpoint", run_dir, "--n", 1000, *SAMPLER, "--seed", 0,
+            run(["nets.sample", "--checkpoint", checkpoint, "--n", 1000, *SAMPLER, "--seed", 0,
                  "--batch-size", 250, "--no-progress", "--out", npz, *guidance, *extra], env, log)
         report = npz.with_name(f"{npz.stem}.eval.json")
         if not report.exists():
@@ -124,7 +128,7 @@ def row(run_dir, report):
     return {"arm": run_dir.name, "samples": report.stem.removesuffix(".eval"),
             "flags": " ".join(parse_arm(run_dir.name)), "sampling": sampling, "calls": calls,
             "requested": r["metrics"].get("label_agreement"),
-            "steps": last["step"],
+            "steps": r["samples"].get("checkpoint_step", last["step"]),
             "fd": r["metrics"]["frechet_distance"], "recognised": r["metrics"]["confident_fraction"],
             "class_entropy": r["metrics"]["class_entropy"],
             "memorisation_ratio": r["metrics"]["memorisation_ratio"],
@@ -202,6 +206,8 @@ def main() -> None:
                    "(arms trained with --keep-checkpoints)")
     p.add_argument("--keep-every", type=int,
                    help="train with --keep-checkpoints --checkpoint-every N (guides for --autoguide)")
+    p.add_argument("--at-step", type=int,
+                   help="sample the arms' kept checkpoint of this step instead of the last one")
     p.add_argument("--report", action="store_true")
     args = p.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
