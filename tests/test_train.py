@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import diffusion_core as core
 from nets import train
+from nets.checkpoint import load_checkpoint, save_checkpoint
 from nets.diffusion import Diffusion
 from nets.training.config import TrainConfig, ema_decay_at, lr_at
 from nets.training.step import draw_batch, epoch_permutation, memory_format_for, train_step
@@ -86,7 +87,7 @@ def test_cli_end_to_end_writes_checkpoint_metrics_and_three_figures(tmp_path, re
 
 
 def test_lr_warms_up_linearly_then_stays_at_the_peak():
-    cfg = TrainConfig(lr=1e-3, warmup_steps=10)
+    cfg = TrainConfig(lr=1e-3, warmup_steps=10, lr_schedule="constant")
     assert lr_at(0, cfg, 6000) == pytest.approx(1e-4)
     assert lr_at(9, cfg, 6000) == pytest.approx(1e-3)
     assert lr_at(5000, cfg, 6000) == 1e-3
@@ -290,7 +291,6 @@ def test_holdout_keeps_the_last_images_out_and_records_them(tmp_path, real_mnist
 
 def test_the_checkpoint_records_the_training_images_per_digit(tmp_path, real_mnist_dir):
     # what nets.sample --digit frequencies draws labels from: the images trained on, not the held out
-    from nets.checkpoint import load_checkpoint
     from nets.data import load_mnist, training_and_held_out
     args = ["--data-dir", str(real_mnist_dir), "--split", "test", "--limit", "64", "--batch-size", "8",
             "--max-steps", "1", "--no-figures", "--holdout", "9950", *TINY_MODEL]
@@ -324,3 +324,20 @@ def test_attention_resolutions_put_attention_where_asked(tmp_path, flag, attenti
     cfg = train.config_from_args(["--attention-resolutions", flag, *TINY_MODEL])[0]
     model = UNet(UNetConfig.from_dict(cfg.unet))
     assert sum(isinstance(m, AttentionBlock) for m in model.modules()) == attention_blocks
+
+
+def test_a_checkpoint_from_before_min_snr_and_the_lr_decay_resumes_as_it_was_trained(tmp_path, real_mnist_dir):
+    """Its config lacks loss_weighting and lr_schedule: it resumes uniform with a constant lr,
+    not with today's defaults, which would change its math halfway."""
+    args = ["--data-dir", str(real_mnist_dir), "--split", "test", "--limit", "64", "--batch-size", "8",
+            "--no-figures", *TINY_MODEL]
+    code, run_dir = run_train(tmp_path, "old", *args, "--max-steps", "2")
+    assert code == 0
+    state = load_checkpoint(run_dir)
+    for key in ("loss_weighting", "lr_schedule"):
+        del state["config"][key]
+    save_checkpoint(state, run_dir / "checkpoint.pt")
+    assert train.main(["--resume", str(run_dir), "--max-steps", "3"]) == 0
+    resumed = load_checkpoint(run_dir)["config"]
+    assert resumed["loss_weighting"] == "uniform" and resumed["lr_schedule"] == "constant"
+    assert json.loads((run_dir / "config.json").read_text())["lr_schedule"] == "constant"
