@@ -151,8 +151,9 @@ def report(out_dir):
 
 def plot(rows, path):
     rows = sorted(rows, key=lambda r: r["fd"])
-    labels = [f"{r['arm']}: {r['sampling']}" for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 0.32 * len(rows) + 1.5), sharey=True)
+    labels = [f"{r['arm']} @ {r['steps']} steps: {r['sampling']}" for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 0.32 * len(rows) + 1.5), sharey=True,
+                                   gridspec_kw={"width_ratios": [3, 2]})
     y = np.arange(len(rows))
     ax1.barh(y, [r["fd"] for r in rows], color="tab:blue")
     ax1.axvline(rows[0]["floor_fd"], color="grey", ls=":", label="real-vs-real floor")
@@ -163,14 +164,14 @@ def plot(rows, path):
     ax2.axvline(100 * rows[0]["floor_recognised"], color="grey", ls=":", label="real unseen digits")
     ax2.axvline(100 * rows[0]["floor_recognised"] - 5, color="tab:red", ls="--",
                 label="target: 5 points below")
-    ax2.set_xlabel("recognised, confidence ≥ 0.9 (%)")
+    ax2.set_xlabel("recognised (confidence ≥ 0.9), %")
     ax1.set_yticks(y, labels, fontsize=7)
     ax1.invert_yaxis()
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3, axis="x", which="both")
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -183,10 +184,10 @@ def grids(rows, out_dir, path, per_row=20):
         ax.imshow(np.concatenate(list(images), axis=1), cmap="gray", vmin=0, vmax=255)
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_ylabel(f"{r['arm']}\n{r['sampling']}", rotation=0, ha="right", va="center", fontsize=6)
+        ax.set_ylabel(f"{r['arm']} @ {r['steps']} steps\n{r['sampling']}", rotation=0, ha="right", va="center", fontsize=6)
     fig.suptitle(f"the first {per_row} digits of each arm (seed 0, best FD first)", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
