@@ -24,7 +24,7 @@ class TrainConfig:
     lr: float = 2e-3
     warmup_steps: int = 200
     # after the warm-up, a half cosine to 0 at the run's last step: at equal steps FD 79.0 vs
-    # 83.1 for a constant lr (docs/results.md, "The learning-rate decay")
+    # 83.1 for a constant lr (docs/results.md, the recipe study's follow-up)
     lr_schedule: str = "cosine"
     weight_decay: float = 0.0
     grad_clip: float = 1.0
