@@ -49,6 +49,7 @@ ARMS = {  # name: nets.train flags on top of the defaults
     # against today's defaults (conditional, width 16, batch 64, min-SNR):
     "old-recipe": ["--base-channels", "32", "--batch-size", "128", "--loss-weighting", "uniform"],
     "cosine-lr": ["--lr-schedule", "cosine"],  # with steps-N: the decay ends at step N
+    "constant-lr": ["--lr-schedule", "constant"],  # the default until the follow-up
     "seed-1": ["--seed", "1"],  # another training seed: how much of a difference is training noise
 }
 SAMPLER = ["--sampler", "sde-dpmpp-2m", "--steps", "20", "--spacing", "logsnr"]
