@@ -73,7 +73,7 @@ def add_optimizer_flags(g, d: TrainConfig) -> None:
                    help="after the warm-up: a half cosine down to 0 at the run's last step "
                    "(--max-steps, else --epochs), or constant. --max-minutes does not move the "
                    "end: for a time budget give --max-steps, about what the budget buys (this "
-                   "2-core CPU: 4,000 steps of the default model in 18-22 minutes)")
+                   "2-core CPU: 4,000 steps of the default model in 15-22 minutes)")
     g.add_argument("--weight-decay", type=cli.float_in(0, 1, low_open=False),
                    default=d.weight_decay, help="AdamW weight decay")
     g.add_argument("--grad-clip", type=cli.positive_float, default=d.grad_clip,

@@ -46,7 +46,8 @@ ARMS = {  # name: nets.train flags on top of the defaults
     "attn-none": ["--attention-resolutions", "none"],
     "attn-14-7": ["--attention-resolutions", "14,7"],
     "conditional": ["--conditional"],
-    # against today's defaults (conditional, width 16, batch 64, min-SNR):
+    # against the defaults since the study (conditional, width 16, batch 64, min-SNR; the cosine
+    # decay since the follow-up, flat over --epochs 100000, so time-bounded arms are unchanged):
     "old-recipe": ["--base-channels", "32", "--batch-size", "128", "--loss-weighting", "uniform"],
     "cosine-lr": ["--lr-schedule", "cosine"],  # with steps-N: the decay ends at step N
     "constant-lr": ["--lr-schedule", "constant"],  # the default until the follow-up
