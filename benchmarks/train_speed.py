@@ -36,8 +36,8 @@ import torch
 from benchmarks import measure, workload
 from benchmarks.naive import NaiveTrainStep
 from nets import cli
-from nets.data import to_training_tensor
 from nets.diffusion import Diffusion
+from nets.pixels import to_training_tensor
 from nets.training.config import TrainConfig, lr_at, total_steps
 from nets.training.step import Batch, draw_batch, epoch_permutation, train_step
 

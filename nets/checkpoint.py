@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
 
-from nets.data import IMAGE_SHAPE, NUM_CLASSES
 from nets.diffusion import Diffusion, make_schedule
+from nets.files import atomic_write
+from nets.pixels import IMAGE_SHAPE, NUM_CLASSES
 from nets.unet import UNet, UNetConfig
 
 FORMAT_VERSION = 1  # of the dict save_checkpoint writes; bump it when its meaning changes
@@ -33,7 +31,7 @@ class CheckpointError(ValueError):
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     """Write ``state`` to ``path`` so that a crash at any moment leaves the old file intact.
 
-    The bytes go through :func:`atomic_write` (temporary file, fsync, rename).
+    The bytes go through :func:`nets.files.atomic_write` (temporary file, fsync, rename).
     Raises CheckpointError, writing nothing, when the model or EMA weights hold a NaN or inf.
     """
     path = Path(path)
@@ -44,51 +42,6 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
             raise CheckpointError(f"refusing to write {path}: non-finite values in the {key} "
                                   f"weights ({_some(bad)})")
     return atomic_write(path, lambda f: torch.save({**state, "format_version": FORMAT_VERSION}, f))
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it and rename it over
-    ``path`` (``os.replace`` is atomic on POSIX), then fsync the directory: a crash at any moment
-    leaves either the old file or the new one, never a torn one. A failed write leaves nothing."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def temp_files_of(path: str | os.PathLike) -> list[Path]:
-    """The temporary files that :func:`atomic_write` of ``path`` leaves behind when the process is
-    killed mid-write (``kill -9``, power loss): ``.<name>.XXXX.tmp`` beside it."""
-    path = Path(path)
-    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
-
-
-def remove_stale_temp_files(paths: list[Path]) -> list[Path]:
-    """Delete the orphaned temporary files of ``paths``; call it only while nothing writes them
-    (a run's start). Returns what was removed."""
-    removed = []
-    for tmp in (t for p in paths for t in temp_files_of(p)):
-        tmp.unlink(missing_ok=True)
-        removed.append(tmp)
-    return removed
-
-
-def _fsync_dir(directory: Path) -> None:
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:

@@ -25,12 +25,12 @@ import torch
 
 from nets import cli
 from nets.checkpoint import CheckpointError, LoadedModel, load_model
-from nets.data import IMAGE_SHAPE, NUM_CLASSES, images_to_uint8, to_training_tensor
 from nets.device import describe_precision
 from nets.editing.inpaint import inpaint
 from nets.editing.inversion import decode, interpolate, invert, round_trip_error
 from nets.editing.masks import MASKS, mask_from_png, named_mask
-from nets.sampling.outputs import save_npz_atomic
+from nets.files import save_npz_atomic
+from nets.pixels import IMAGE_SHAPE, NUM_CLASSES, images_to_uint8, to_training_tensor
 
 
 def index_list(text: str) -> list[int]:

@@ -21,7 +21,6 @@ A missing classifier is trained on the given split and saved (about a minute on 
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import asdict
@@ -32,6 +31,7 @@ import torch
 
 from nets import cli
 from nets.checkpoint import CheckpointError, LoadedModel, load_model
+from nets.files import write_json_atomic
 from nets.evaluation import classifier as clf
 from nets.evaluation.nll import DEFAULT_NLL_IMAGES, nll_bits_per_dim
 from nets.evaluation.protocol import calibrate, evaluate_samples, training_images_of
@@ -147,8 +147,7 @@ def nll_report(args, loaded: LoadedModel, train: np.ndarray, held_out: np.ndarra
 
 def write_json(report: dict, path: Path) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=1) + "\n")
+        write_json_atomic(path, report)
     except OSError as err:
         cli.fail(f"--json: cannot write {path}: {err.strerror or err}")
     print(f"results written to {path}", file=sys.stderr)

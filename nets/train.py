@@ -21,9 +21,11 @@ import torch
 
 import diffusion_core as core
 from nets import cli
-from nets.checkpoint import CheckpointError, atomic_write, load_checkpoint, remove_stale_temp_files
-from nets.data import NUM_CLASSES, MnistArrays, training_and_held_out
+from nets.checkpoint import CheckpointError, load_checkpoint
+from nets.data import MnistArrays, training_and_held_out
 from nets.device import describe_precision, use_tf32_on_cuda
+from nets.files import remove_stale_temp_files, write_json_atomic
+from nets.pixels import NUM_CLASSES
 from nets.training import distributed
 from nets.training.config import LR_SCHEDULES, RESUMABLE_OVERRIDES, TrainConfig, saved_config
 from nets.training.distributed import World
@@ -246,7 +248,7 @@ def prepare_run_dir(cfg: TrainConfig, resume_dir: Path | None, world: World) -> 
         print(f"removed {tmp.name}, left by a write that was killed", file=sys.stderr)
     print(json.dumps(asdict(cfg), indent=1))
     try:
-        atomic_write(run_dir / "config.json", lambda f: f.write(json.dumps(asdict(cfg), indent=1).encode()))
+        write_json_atomic(run_dir / "config.json", asdict(cfg))
     except OSError as err:
         cli.fail(f"--run-dir: cannot write {run_dir / 'config.json'}: {err.strerror or err}")
     return run_dir

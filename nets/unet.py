@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nets.data import IMAGE_SIZE
+from nets.pixels import IMAGE_SIZE
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,11 @@ from nets.data import (
     FileChecksum,
     MnistFormatError,
     default_data_dir,
-    images_to_uint8,
     load_mnist,
     mnist_mirrors,
     read_idx,
-    to_training_tensor,
 )
+from nets.pixels import images_to_uint8, to_training_tensor
 
 IMAGES, LABELS = "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"
 # Documented in /work/shared/data/mnist/README.md (SHA-256 of the decompressed files).

@@ -8,10 +8,10 @@ from test_sample import GaussianEpsOracle, checkpoints  # noqa: F401 (fixture)
 
 import diffusion_core as core
 from nets import edit
-from nets.data import to_training_tensor
 from nets.diffusion import Diffusion
 from nets.editing.inversion import decode, invert
 from nets.editing.masks import named_mask
+from nets.pixels import to_training_tensor
 
 
 def run_edit(capsys, mnist, *argv):
@@ -135,5 +135,5 @@ def test_named_masks_keep_the_halves_they_name():
 
 def test_to_training_tensor_and_back_keeps_uint8_digits():
     images = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
-    from nets.data import images_to_uint8
+    from nets.pixels import images_to_uint8
     np.testing.assert_array_equal(images_to_uint8(to_training_tensor(images)), images)

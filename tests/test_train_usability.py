@@ -22,8 +22,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_reliability import run_in_process
 
-from nets.checkpoint import temp_files_of
 from nets.figures import smoothed
+from nets.files import temp_files_of
 from nets.progress import Progress, estimate_end
 from nets.training.metrics_log import read_metrics
 
@@ -185,7 +185,7 @@ def test_ctrl_c_before_training_exits_130_with_one_line(tmp_path, stalling_mirro
 
 KILLED_WRITE = """
 import sys, time
-from nets.checkpoint import atomic_write
+from nets.files import atomic_write
 def write(f):
     f.write(b"x" * 1000)
     f.flush()

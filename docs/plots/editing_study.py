@@ -19,11 +19,12 @@ import numpy as np
 import torch
 
 from nets.checkpoint import load_model
-from nets.data import images_to_uint8, load_mnist, to_training_tensor
+from nets.data import load_mnist
 from nets.editing.inpaint import inpaint
 from nets.editing.inversion import decode, invert, round_trip_error
 from nets.editing.masks import named_mask
 from nets.evaluation.classifier import classify, load_classifier
+from nets.pixels import images_to_uint8, to_training_tensor
 
 
 def main() -> None:

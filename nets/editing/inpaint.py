@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 import diffusion_core as core
-from nets.data import images_to_uint8, to_training_tensor
 from nets.diffusion import Diffusion
+from nets.pixels import images_to_uint8, to_training_tensor
 from nets.progress import Progress
 from nets.sampling import DeviceCoefficients
 from nets.sampling.chain import step_function

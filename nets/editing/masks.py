@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nets.data import IMAGE_SIZE
+from nets.pixels import IMAGE_SIZE
 
 MASKS = ("left", "right", "top", "bottom", "center", "random")
 

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from nets.checkpoint import CheckpointError, check_format_version, safe_load, save_checkpoint
-from nets.data import IMAGE_SIZE, NUM_CLASSES, user_cache_dir
+from nets.data import user_cache_dir
+from nets.pixels import IMAGE_SIZE, NUM_CLASSES
 
 KIND = "mnist-classifier"
 FEATURE_DIM = 128

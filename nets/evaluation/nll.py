@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 import diffusion_core as core
-from nets.data import to_training_tensor
 from nets.diffusion import Diffusion, extract, make_schedule
+from nets.pixels import to_training_tensor
 
 DEFAULT_NLL_IMAGES = 16
 

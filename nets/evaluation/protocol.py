@@ -12,10 +12,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from nets.data import NUM_CLASSES, training_and_held_out
+from nets.data import training_and_held_out
 from nets.evaluation import classifier as clf
 from nets.evaluation import metrics
 from nets.evaluation.nll import DEFAULT_NLL_IMAGES, nll_calibration
+from nets.pixels import NUM_CLASSES
 
 CONFIDENCE = 0.9
 BASELINE_IMAGES = 2000  # held-out real images whose nearest-neighbour distance is the baseline

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nets.data import IMAGE_SIZE, NUM_CLASSES
+from nets.pixels import IMAGE_SIZE, NUM_CLASSES
 
 
 class SamplesError(ValueError):

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from nets.data import IMAGE_SHAPE, NUM_CLASSES, images_to_uint8
 from nets.diffusion import Diffusion
+from nets.pixels import IMAGE_SHAPE, NUM_CLASSES, images_to_uint8
 from nets.progress import Progress
 from nets.sampling.chain import DeviceCoefficients, sample
 

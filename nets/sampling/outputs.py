@@ -12,16 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from nets.checkpoint import atomic_write
+from nets.files import save_npz_atomic
 from nets.sampling.batches import Generated
 
 GRID_IMAGES = 100  # the PNG beside an .npz shows this many
 OUTPUT_SUFFIXES = (".npz", ".png")
-
-
-def save_npz_atomic(path: Path, **arrays) -> Path:
-    """``np.savez`` through :func:`nets.checkpoint.atomic_write`: never a torn .npz."""
-    return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def write_outputs(out: Path, gen: Generated, settings: dict) -> list[Path]:

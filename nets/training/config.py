@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from nets.data import NUM_CLASSES
+from nets.pixels import NUM_CLASSES
 from nets.unet import UNetConfig
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from nets import figures
-from nets.data import IMAGE_SHAPE, NUM_CLASSES, images_to_uint8
 from nets.diffusion import Diffusion
+from nets.pixels import IMAGE_SHAPE, NUM_CLASSES, images_to_uint8
 from nets.sampling import DeviceCoefficients, make_coefficients, sample
 from nets.training.config import TrainConfig
 from nets.training.metrics_log import METRICS_FILE, read_metrics

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nets.checkpoint import atomic_write
+from nets.files import atomic_write
 
 METRICS_FILE = "metrics.jsonl"
 

@@ -10,8 +10,9 @@ import numpy as np
 import torch
 
 from nets.checkpoint import load_checkpoint, load_weights
-from nets.data import MnistArrays, to_training_tensor
+from nets.data import MnistArrays
 from nets.diffusion import Diffusion, make_schedule
+from nets.pixels import to_training_tensor
 from nets.training.config import TrainConfig, total_steps
 from nets.training.distributed import World
 from nets.training.step import memory_format_for

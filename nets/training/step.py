@@ -11,8 +11,8 @@ from typing import NamedTuple
 
 import torch
 
-from nets.data import NUM_CLASSES
 from nets.diffusion import Diffusion
+from nets.pixels import NUM_CLASSES
 from nets.training.config import TrainConfig, ema_decay_at
 
 
