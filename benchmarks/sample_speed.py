@@ -40,7 +40,7 @@ from benchmarks import measure, workload
 from benchmarks.naive import naive_sample
 from nets import cli
 from nets.diffusion import Diffusion
-from nets.sampling import DeviceCoefficients, make_coefficients, sample
+from nets.sampling import ChainOptions, DeviceCoefficients, Network, make_coefficients, sample
 
 DEFAULTS = {"batch_sizes": [64], "precision": ["fp32", "auto"], "repeats": 5, "warmup": 1, "window": "auto"}
 QUICK = {"batch_sizes": [64], "precision": ["auto"], "repeats": 3, "warmup": 1, "window": 2}
@@ -151,8 +151,8 @@ def time_chain(args, model, diffusion, sampler, steps, coeffs, window, batch, fl
                     model(x_T, t)
 
         def run(net=model, dtype=dtype, graph=False):
-            return sample(net, diffusion, run_coeffs, x_T, noise_fn, autocast_dtype=dtype,
-                          cuda_graph=graph)
+            return sample(Network(net, diffusion, dtype), run_coeffs, x_T, noise_fn,
+                          ChainOptions(cuda_graph=graph))
 
         variants[f"project {prec}"] = run
         if args.cuda_graph and device.type == "cuda":

@@ -1,12 +1,31 @@
-"""PyTorch side of the DDPM package: the U-Net, training, sampling and evaluation.
+"""PyTorch side of the DDPM package: the U-Net, training, sampling, editing and evaluation.
+
+From Python, one import does it (docs/api.md)::
+
+    import nets
+    pipe = nets.load("runs/<name>")
+    digits = pipe.sample(16, digit=7, guidance=2).images  # (16, 28, 28) uint8
 
 All diffusion math comes from :mod:`diffusion_core` (float64 NumPy); this package only turns its
-tables into tensors (:func:`nets.diffusion.extract`) and runs networks.
-
-Commands (thin: flags → library → report): ``python -m nets.train``, ``nets.sample``,
-``nets.evaluate``, ``nets.classifier``, with their shared flags in :mod:`nets.cli`. Library:
-:mod:`nets.unet`, :mod:`nets.diffusion`, :mod:`nets.data`, :mod:`nets.checkpoint`,
-:mod:`nets.device`, :mod:`nets.progress`, :mod:`nets.figures`, and the packages
-:mod:`nets.training`, :mod:`nets.sampling`, :mod:`nets.evaluation`. docs/architecture.md has
-the map and the data flow of one training step and one sampling call.
+tables into tensors (:func:`nets.diffusion.extract`) and runs networks. Commands (thin: flags →
+library → report): ``python -m nets.train``, ``nets.sample``, ``nets.edit``, ``nets.evaluate``,
+``nets.train_classifier``. docs/architecture.md has the map of every module and the data flow of
+one training step and one sampling call.
 """
+
+_PUBLIC = {  # name: module; imported on first use, so `python -m nets.train` does not load them
+    "load": "nets.pipeline", "Pipeline": "nets.pipeline",
+    "SamplerSettings": "nets.sampling.settings", "SampleOptions": "nets.sampling.settings",
+    "Conditioning": "nets.sampling.settings", "InpaintSettings": "nets.editing.inpaint",
+    "ScoreOptions": "nets.evaluation.scoring", "make_judge": "nets.evaluation.scoring",
+    "named_mask": "nets.editing.masks",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'nets' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_PUBLIC[name]), name)

@@ -120,6 +120,7 @@ class LoadedModel:
     step: int
     path: Path
     class_counts: list[int] | None = None  # training images per digit (checkpoints since 2026-12)
+    weights: str = "ema"  # which of the checkpoint's weights: "ema" or "raw"
 
     @property
     def conditional(self) -> bool:
@@ -157,7 +158,7 @@ def load_model(path: str | os.PathLike, weights: str = "ema",
     load_weights(model, state[key], f"{weights} weights in {resolved}")
     model.requires_grad_(False)
     return LoadedModel(model.to(device).eval(), diffusion.to(device), cfg, step, resolved,
-                       _class_counts(state.get("class_counts"), resolved))
+                       _class_counts(state.get("class_counts"), resolved), weights)
 
 
 def _class_counts(counts, path: Path) -> list[int] | None:

@@ -53,6 +53,11 @@ class Diffusion(nn.Module):
         for name in ("target_x0_coef", "target_eps_coef", "x0_from_xt_coef", "x0_from_output_coef"):
             self.register_buffer(name, as_table(getattr(tables, name)), persistent=False)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the tables are (``.to(device)`` moved them)."""
+        return self.sqrt_alphas_cumprod.device
+
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = √ᾱ_t x0 + √(1-ᾱ_t) ε (Ho et al. 2020 eq. 4), coefficients from the core."""
         return (extract(self.sqrt_alphas_cumprod, t, x0) * x0

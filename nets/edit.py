@@ -21,16 +21,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from nets import cli
-from nets.checkpoint import CheckpointError, LoadedModel, load_model
-from nets.device import describe_precision
-from nets.editing.inpaint import inpaint
-from nets.editing.inversion import decode, interpolate, invert, round_trip_error
+from nets import cli, figures
+from nets.checkpoint import CheckpointError, load_model
+from nets.editing.inpaint import InpaintSettings
+from nets.editing.inversion import round_trip_error
 from nets.editing.masks import MASKS, mask_from_png, named_mask
 from nets.files import save_npz_atomic
-from nets.pixels import IMAGE_SHAPE, NUM_CLASSES, images_to_uint8, to_training_tensor
+from nets.pipeline import Pipeline
+from nets.pixels import images_to_uint8
 
 
 def index_list(text: str) -> list[int]:
@@ -102,18 +101,19 @@ def main(argv: list[str] | None = None) -> int:
     device = cli.device_from_flag(args.device)
     amp = cli.autocast_from_flag(args.precision, device)
     try:
-        loaded = load_model(args.checkpoint, "ema", device)
+        pipe = Pipeline(load_model(args.checkpoint, "ema", device), amp)
     except CheckpointError as err:
         cli.fail(f"--checkpoint: {err}")
-    y, guidance = conditioning(loaded, args, device)
-    print(f"model: {loaded.path} (step {loaded.step}); {describe_precision(amp)} on {device}",
-          file=sys.stderr)
-    gen = torch.Generator(device=device).manual_seed(args.seed)
+    try:
+        pipe.edit_options(1, args.digit, args.guidance)  # the label and guidance this model takes
+    except ValueError as err:
+        cli.fail(f"--digit/--guidance: {err}")
+    print(f"model: {pipe.describe()}", file=sys.stderr)
     run = {"invert": run_invert, "interpolate": run_interpolate, "inpaint": run_inpaint}[args.command]
-    arrays, figure = run(args, inputs, loaded, device, amp, y, guidance, gen)
+    arrays, rows = run(pipe, args, inputs)
     try:
         save_npz_atomic(args.out, **arrays)
-        figure(args.out.with_suffix(".png"))
+        figures.save_digit_rows(args.out.with_suffix(".png"), rows)
     except OSError as err:
         cli.fail(f"--out: cannot write {args.out}: {err.strerror or err}")
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}", file=sys.stderr)
@@ -143,22 +143,6 @@ def check_inputs(parser: cli.Parser, args) -> dict:
     return inputs
 
 
-def conditioning(loaded: LoadedModel, args, device) -> tuple[torch.Tensor | None, float | None]:
-    """The label (as a 1-element tensor, broadcast later) and guidance for a conditional model."""
-    if not loaded.conditional:
-        if args.digit is not None or args.guidance is not None:
-            cli.fail(f"--digit/--guidance: {loaded.path} is an unconditional model")
-        return None, None
-    if args.digit is None:
-        if args.guidance is not None:
-            cli.fail("--guidance: needs --digit (the label to guide towards)")
-        return torch.full((1,), NUM_CLASSES, device=device), None  # "no label"
-    if args.digit not in [str(d) for d in range(NUM_CLASSES)]:
-        cli.fail(f"--digit: expected 0-9, got {args.digit!r}")
-    guidance = None if args.guidance in (None, 1.0) else args.guidance
-    return torch.full((1,), int(args.digit), device=device), guidance
-
-
 def real_digits(args, indices: list[int]) -> np.ndarray:
     arrays = cli.mnist_or_exit(args.data_dir, args.split)
     bad = [i for i in indices if i >= len(arrays.images)]
@@ -168,71 +152,40 @@ def real_digits(args, indices: list[int]) -> np.ndarray:
     return np.asarray(arrays.images[indices])
 
 
-def labels_for(y, n):
-    return None if y is None else y.expand(n)
-
-
-def run_invert(args, inputs, loaded, device, amp, y, guidance, gen):
+def run_invert(pipe: Pipeline, args, inputs) -> tuple[dict, list]:
     originals = inputs["digits"]
-    x0 = to_training_tensor(originals, device)
-    n = len(originals)
-    with torch.inference_mode():
-        latents = invert(loaded.model, loaded.diffusion, x0, args.steps, labels_for(y, n), guidance, amp)
-        back = images_to_uint8(decode(loaded.model, loaded.diffusion, latents, args.steps,
-                                      labels_for(y, n), guidance, amp))
+    digit, guidance = args.digit, args.guidance  # digit None: a conditional model's "no label"
+    latents = pipe.invert(originals, steps=args.steps, digit=digit, guidance=guidance)
+    back = pipe.decode(latents, steps=args.steps, digit=digit, guidance=guidance)
     errors = round_trip_error(originals, back)
     for i, e in zip(args.index, errors, strict=True):
         print(f"digit {i}: round-trip RMS error {e:.4f}", file=sys.stderr)
-    print(f"round trip over {n} digits, K = {args.steps}: mean RMS error {errors.mean():.4f} "
+    print(f"round trip over {len(originals)} digits, K = {args.steps}: mean RMS error {errors.mean():.4f} "
           f"(on [0, 1] pixels)", file=sys.stderr)
     lat = latents.float().cpu().numpy()[:, 0]
     arrays = {"images": originals, "latents": lat.astype(np.float32), "reconstructions": back,
               "round_trip_error": errors, "index": np.asarray(args.index), "steps": np.int64(args.steps)}
     shown = images_to_uint8(np.clip(lat / 3.0, -1, 1))  # ±3σ of the latent as black..white
-    return arrays, lambda path: _rows(path, [originals, shown, back], ["original", "latent", "decoded"])
+    return arrays, [("original", originals), ("latent", shown), ("decoded", back)]
 
 
-def run_interpolate(args, inputs, loaded, device, amp, y, guidance, gen):
-    with torch.inference_mode():
-        if args.seeds is not None:
-            ends = [torch.randn((1, *IMAGE_SHAPE), generator=torch.Generator(device=device).manual_seed(s),
-                                device=device) for s in args.seeds]
-        else:
-            x0 = to_training_tensor(inputs["digits"], device)
-            lat = invert(loaded.model, loaded.diffusion, x0, args.steps, labels_for(y, 2), guidance, amp)
-            ends = [lat[:1], lat[1:]]
-        path = interpolate(ends[0][0], ends[1][0], args.frames)
-        frames = images_to_uint8(decode(loaded.model, loaded.diffusion, path, args.steps,
-                                        labels_for(y, args.frames), guidance, amp))
+def run_interpolate(pipe: Pipeline, args, inputs) -> tuple[dict, list]:
+    digit, guidance = args.digit, args.guidance  # digit None: a conditional model's "no label"
+    ends = args.seeds if args.seeds is not None else list(inputs["digits"])
+    frames, path = pipe.interpolate(ends[0], ends[1], frames=args.frames, steps=args.steps, digit=digit,
+                                    guidance=guidance)
     arrays = {"images": frames, "latents": path.float().cpu().numpy()[:, 0]}
-    return arrays, lambda out: _rows(out, [frames], ["slerp path"])
+    return arrays, [("slerp path", frames)]
 
 
-def run_inpaint(args, inputs, loaded, device, amp, y, guidance, gen):
+def run_inpaint(pipe: Pipeline, args, inputs) -> tuple[dict, list]:
     known, original = inputs["known"], inputs["digits"][0]
-    images = inpaint(loaded.model, loaded.diffusion, original, known, args.n, args.steps, args.resample,
-                     gen, device, labels_for(y, args.n), guidance, amp, args.progress)
+    digit, guidance = args.digit, args.guidance  # digit None: a conditional model's "no label"
+    settings = InpaintSettings(args.n, args.steps, args.resample, args.progress)
+    images = pipe.inpaint(original, known, settings=settings, digit=digit, guidance=guidance, seed=args.seed)
     masked = np.where(known, original, 64).astype(np.uint8)  # unknown pixels shown grey
     arrays = {"images": images, "original": original, "known": known, "index": np.int64(args.index[0])}
-    return arrays, lambda out: _rows(out, [np.stack([original, masked]), images],
-                                     ["original, masked", "completions"])
-
-
-def _rows(path: Path, rows: list[np.ndarray], labels: list[str]) -> None:
-    """One row of digits per entry of ``rows``, labelled on the left."""
-    from nets.figures import image_grid, plt  # Agg, set there
-
-    width = max(len(r) for r in rows)
-    fig, axes = plt.subplots(len(rows), 1, figsize=(max(4, width * 0.5), 0.75 * len(rows) + 0.3),
-                             squeeze=False)
-    for ax, row, label in zip(axes[:, 0], rows, labels, strict=True):
-        ax.imshow(image_grid(row, len(row)), cmap="gray", vmin=0, vmax=255)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return arrays, [("original, masked", np.stack([original, masked])), ("completions", images)]
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 
 Metrics (docs/evaluation.md gives their calibrated ranges):
   * Fréchet distance between generated and real images in the 128-d penultimate features of
-    the project's MNIST classifier (``nets.classifier``): FID's formula in another space.
+    the project's MNIST classifier (``nets.train_classifier``): FID's formula in another space.
   * Share of digits the classifier recognises with confidence ≥ 0.9, mean confidence,
     predicted-class histogram and its entropy (ln 10 ≈ 2.303 when balanced).
   * Memorisation: median pixel-L2 distance ([0, 1] pixels) from each sample to its nearest
@@ -23,43 +23,20 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from nets import cli
-from nets.checkpoint import CheckpointError, LoadedModel, load_model
-from nets.files import write_json_atomic
+from nets.checkpoint import CheckpointError, load_model
+from nets.data import MNIST_ERRORS
 from nets.evaluation import classifier as clf
-from nets.evaluation.nll import DEFAULT_NLL_IMAGES, nll_bits_per_dim
-from nets.evaluation.protocol import calibrate, evaluate_samples, training_images_of
+from nets.evaluation.nll import DEFAULT_NLL_IMAGES
+from nets.evaluation.protocol import calibrate
 from nets.evaluation.report import print_calibration, print_report
 from nets.evaluation.samples import SamplesError, load_samples
-
-
-def load_or_train_classifier(path: Path, real_images: np.ndarray, real_labels: np.ndarray,
-                             split: str, data_dir: str | None, train: bool,
-                             device: torch.device) -> tuple[clf.MnistClassifier, dict]:
-    if not path.exists():
-        command = (f"python -m nets.classifier --split {split} --out {path}"
-                   + (f" --data-dir {data_dir}" if data_dir else ""))
-        if not train:
-            cli.fail(f"--classifier: {path} not found; train it with: {command}")
-        print(f"classifier not found at {path}: training it on MNIST {split} "
-              f"({len(real_images)} images; the same as `{command}`)", file=sys.stderr)
-        try:
-            clf.train_and_save(real_images, real_labels, path, device=device,
-                               source=f"MNIST {split}")
-        except clf.ClassifierError as err:
-            cli.fail(f"classifier: {err}", code=1)
-        except OSError as err:
-            cli.fail(f"--classifier: cannot write {path}: {err.strerror or err}")
-    try:
-        return clf.load_classifier(path, device)
-    except clf.ClassifierError as err:
-        cli.fail(f"--classifier: {err}")
+from nets.evaluation.scoring import ClassifierMissing, Judge, ScoreOptions, make_judge, score_samples
+from nets.files import write_json_atomic
 
 
 def build_parser() -> cli.Parser:
@@ -106,51 +83,28 @@ def check_flag_combinations(parser: cli.Parser, args) -> None:
         parser.error("argument --checkpoint: not used with --calibrate")
 
 
-def samples_report(args, samples, meta, labels, real, real_features, model,
-                   loaded: LoadedModel | None, device: torch.device) -> dict:
-    """The samples against real digits, memorisation against the model's training images and,
-    with a checkpoint, the NLL of real images."""
-    try:
-        train, held_out, described = training_images_of(
-            real.images, args.split, lambda split: cli.mnist_or_exit(args.data_dir, split).images,
-            loaded.config if loaded else None, args.train_images)
-    except ValueError as err:
-        cli.fail(f"--checkpoint: its config's --limit/--holdout do not fit MNIST {args.split}: {err}")
-    reference, features, which = real.images, real_features, f"all of MNIST {args.split}"
-    if loaded is not None and loaded.config.get("split", args.split) == args.split and len(held_out) >= 2:
-        # the protocol: samples against exactly the real digits the model never saw
-        reference, which = held_out, f"the {len(held_out)} images of MNIST {args.split} it never trained on"
-        features = clf.classify(model, held_out, device=device).features
-    report = evaluate_samples(samples, labels, reference, features, model, train, held_out,
-                              args.seed, device)
-    report = {"samples": {"path": str(args.samples), **meta},
-              "real": {"split": args.split, "count": len(reference), "reference": which}, **report}
-    report["memorisation"]["training_images"] = described
-    n_nll = DEFAULT_NLL_IMAGES if args.nll_images is None else args.nll_images
-    if loaded is not None and n_nll:
-        report["nll"] = nll_report(args, loaded, train, held_out, n_nll, device)
-    return report
-
-
-def nll_report(args, loaded: LoadedModel, train: np.ndarray, held_out: np.ndarray, n_nll: int,
-               device: torch.device) -> dict:
-    """Bits/dim of held-out real images (training images when too few are held out)."""
-    source, which = (held_out, "held-out") if len(held_out) >= n_nll else (train, "training")
-    n_nll = min(n_nll, len(source))
-    print(f"NLL on {n_nll} {which} images: {loaded.diffusion.num_timesteps} model calls "
-          f"per batch of {args.nll_batch_size}", file=sys.stderr)
-    nll = nll_bits_per_dim(loaded.model, loaded.diffusion, source[:n_nll], args.nll_batch_size,
-                           args.seed, device, progress=True)
-    return {**asdict(nll), "which": which, "checkpoint": str(loaded.path),
-            "weights": args.weights, "timesteps": loaded.diffusion.num_timesteps}
-
-
 def write_json(report: dict, path: Path) -> None:
     try:
         write_json_atomic(path, report)
     except OSError as err:
         cli.fail(f"--json: cannot write {path}: {err.strerror or err}")
     print(f"results written to {path}", file=sys.stderr)
+
+
+def judge_or_exit(args, device: torch.device) -> Judge:
+    """The real split and the classifier (trained first if missing), or exit naming the flag."""
+    try:
+        return make_judge(args.data_dir, args.split, args.classifier, args.train_classifier, device)
+    except MNIST_ERRORS as err:
+        cli.fail(str(err))
+    except ClassifierMissing as err:
+        cli.fail(f"--classifier: {err}")
+    except clf.ClassifierTooWeak as err:
+        cli.fail(f"classifier: {err}", code=1)
+    except clf.ClassifierError as err:
+        cli.fail(f"--classifier: {err}")
+    except OSError as err:
+        cli.fail(f"--classifier: cannot write {err.filename or 'the classifier'}: {err.strerror or err}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,20 +125,22 @@ def main(argv: list[str] | None = None) -> int:
             loaded = load_model(args.checkpoint, args.weights, device)
         except CheckpointError as err:
             cli.fail(f"--checkpoint: {err}")
-    real = cli.mnist_or_exit(args.data_dir, args.split)
-    classifier_path = args.classifier or clf.default_classifier_path()
-    model, info = load_or_train_classifier(classifier_path, real.images, real.labels,
-                                           args.split, args.data_dir, args.train_classifier,
-                                           device)
-    real_features = clf.classify(model, real.images, device=device).features
+    judge = judge_or_exit(args, device)
     if args.calibrate:
-        report = calibrate(real.images, real_features, model, args.seed, device,
+        report = calibrate(judge.real.images, judge.real_features, judge.classifier, args.seed, device,
                            progress=lambda name: print(f"  {name}: done", file=sys.stderr, flush=True))
         report["real"]["split"] = args.split
+        report["classifier"] = {"path": str(judge.classifier_path), **judge.classifier_info}
     else:
-        report = samples_report(args, samples, meta, labels, real, real_features, model, loaded,
-                                device)
-    report["classifier"] = {"path": str(classifier_path), **info}
+        nll_images = DEFAULT_NLL_IMAGES if args.nll_images is None else args.nll_images
+        options = ScoreOptions(args.seed, args.train_images, nll_images, args.nll_batch_size)
+        try:
+            report = score_samples(judge, samples, labels, loaded, options)
+        except MNIST_ERRORS as err:
+            cli.fail(str(err))
+        except ValueError as err:
+            cli.fail(f"--checkpoint: its config's --limit/--holdout do not fit MNIST {args.split}: {err}")
+        report = {"samples": {"path": str(args.samples), **meta}, **report}
     (print_calibration if args.calibrate else print_report)(report)
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     json_path = args.json

@@ -82,3 +82,22 @@ def plot_reverse(snapshots: np.ndarray, steps: list[int], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def save_digit_rows(path: Path, rows: list[tuple[str, np.ndarray]], title: str | None = None,
+                    fontsize: int = 8) -> None:
+    """One row of uint8 digits (N, 28, 28) per (label, images) of ``rows``, labelled on the left:
+    the editing figures (original / latent / decoded) and the studies' sample rows."""
+    width = max(len(images) for _, images in rows)
+    fig, axes = plt.subplots(len(rows), 1, figsize=(max(4, width * 0.45), 0.68 * len(rows) + 0.4),
+                             squeeze=False)
+    for ax, (label, images) in zip(axes[:, 0], rows, strict=True):
+        ax.imshow(image_grid(np.asarray(images), len(images)), cmap="gray", vmin=0, vmax=255)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=fontsize)
+    if title:
+        fig.suptitle(title, fontsize=fontsize)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)

@@ -1,13 +1,16 @@
 """Generate digits from a trained checkpoint: ``python -m nets.sample``.
 
-Reads: checkpoint (file or run directory) → model (EMA weights by default) → the core's reverse
-tables for the chosen sampler → batches of seeded noise (``nets.sampling.generate``) → uint8
-images → the files (``nets.sampling.outputs``).
+The command is :meth:`nets.Pipeline.sample` plus flags and files: checkpoint (file or run
+directory) → ``nets.load`` (EMA weights by default) → the core's reverse tables for the chosen
+sampler → batches of seeded noise → uint8 images → the files (``nets.sampling.outputs``).
 
-Samplers (all through ``diffusion_core`` step tables):
-  ddpm  ancestral sampling, σ² = β̃ (``--variance posterior``) or β (``beta``); Ho et al. (2020)
-        Alg. 2; with ``--steps K < T`` the respaced DDPM of Nichol & Dhariwal (2021).
-  ddim  DDIM (Song et al. 2021, eq. 12) with ``--eta`` over K respaced steps.
+Samplers (all through ``diffusion_core`` step tables; docs/results.md compares them):
+  ddpm          ancestral sampling, σ² = β̃ (``--variance posterior``) or β (``beta``); Ho et al.
+                (2020) Alg. 2; with ``--steps K < T`` the respaced DDPM of Nichol & Dhariwal (2021)
+  ddim          DDIM (Song et al. 2021, eq. 12) with ``--eta`` over K respaced steps
+  dpmpp-2m      DPM-Solver++ 2M (Lu et al. 2022, Alg. 2), second-order multistep ODE solver
+  dpmpp-3m      the third-order multistep solver of the same family
+  sde-dpmpp-2m  SDE-DPM-Solver++ 2M, the stochastic second-order solver
 
 Outputs by ``--out`` extension: ``.npz`` → ``images`` uint8 (N, 28, 28), 0 black, 255 white,
 (``labels`` for a conditional model, the settings, ``images_per_second``) plus a PNG grid of
@@ -27,17 +30,9 @@ from typing import get_args
 import diffusion_core as core
 from nets import cli
 from nets.checkpoint import CheckpointError, load_model
-from nets.device import describe_precision, precision_name
-from nets.sampling import (
-    DeviceCoefficients,
-    class_labels,
-    generate,
-    labels_from_frequencies,
-    make_coefficients,
-)
-from nets.sampling.chain import MULTISTEP, SAMPLERS, SPACINGS, min_steps
-from nets.sampling.guidance import AutoGuided, check_guide_matches
+from nets.pipeline import DEFAULT_AUTOGUIDANCE, Pipeline
 from nets.sampling.outputs import OUTPUT_SUFFIXES, write_outputs
+from nets.sampling.settings import MULTISTEP, SAMPLERS, SPACINGS, SampleOptions, SamplerSettings, min_steps
 
 
 def build_parser() -> cli.Parser:
@@ -104,56 +99,24 @@ def check_flag_combinations(parser: cli.Parser, args) -> None:
         parser.error(f"argument --cuda-graph: supports ddpm and ddim only, not {args.sampler}")
 
 
-def conditioning(loaded, args) -> tuple:
-    """(labels, classifier-free guidance w) for the model: requested digits and w for a
-    conditional model, (None, None) for an unconditional one (which refuses --digit, and
-    --guidance unless it is the autoguidance weight). With --guide-model, w is autoguidance's."""
-    autoguided = args.guide_model is not None
-    if loaded.conditional:
-        guidance = None if args.guidance in (None, 1.0) or autoguided else args.guidance
-        return requested_labels(loaded, args), guidance
-    if args.digit is not None or (args.guidance is not None and not autoguided):
-        cli.fail(f"--digit/--guidance: {loaded.path} is an unconditional model (trained "
-                 f"without --conditional); it cannot be asked for a digit")
-    return None, None
+def sampler_settings(args) -> SamplerSettings:
+    return SamplerSettings(args.sampler, args.steps, args.eta, args.variance, args.spacing)
 
 
-def digit_request(loaded, args) -> str:
-    """--digit, or its default: the class frequencies where the checkpoint records them."""
-    if args.digit is not None:
-        return args.digit
-    return "all" if loaded.class_counts is None else "frequencies"
-
-
-def requested_labels(loaded, args):
-    digit = digit_request(loaded, args)
-    if digit != "frequencies":
-        return class_labels(args.n, digit)
-    if loaded.class_counts is None:
-        cli.fail(f"--digit frequencies: {loaded.path} does not record its training set's class "
-                 f"counts (written by an older version); use --digit all")
-    return labels_from_frequencies(args.n, loaded.class_counts, args.seed)
-
-
-def with_guide(loaded, args, device):
-    """The model to sample: ``loaded.model``, or it autoguided by --guide-model (and w, the
-    guide's description for the settings)."""
-    if args.guide_model is None:
-        return loaded.model, None
+def pipeline_or_exit(args, device) -> Pipeline:
+    """The checkpoint (autoguided by --guide-model), or exit 2 naming the flag."""
     try:
-        guide = load_model(args.guide_model, args.weights, device)
-        check_guide_matches(loaded.config, guide.config)
+        pipe = Pipeline(load_model(args.checkpoint, args.weights, device),
+                        cli.autocast_from_flag(args.precision, device))
+    except CheckpointError as err:
+        cli.fail(f"--checkpoint: {err}")
+    if args.guide_model is None:
+        return pipe
+    weight = DEFAULT_AUTOGUIDANCE if args.guidance is None else args.guidance
+    try:
+        return pipe.with_guide(args.guide_model, weight)
     except (CheckpointError, ValueError) as err:
         cli.fail(f"--guide-model: {err}")
-    w = 2.0 if args.guidance is None else args.guidance
-    return AutoGuided(loaded.model, guide.model, w), {"guide_model": str(guide.path),
-                                                      "guide_step": guide.step, "autoguidance": w}
-
-
-def sampler_description(args, num_steps: int) -> str:
-    detail = {"ddim": f", eta {args.eta or 0.0:g}",
-              "ddpm": f", variance {args.variance or 'posterior'}"}.get(args.sampler, "")
-    return f"{args.sampler} {num_steps} steps{detail}, {args.spacing} spacing"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,40 +126,27 @@ def main(argv: list[str] | None = None) -> int:
     device = cli.device_from_flag(args.device)
     if args.cuda_graph and device.type != "cuda":
         parser.error(f"argument --cuda-graph: needs a CUDA device, got {device}")
-    amp_dtype = cli.autocast_from_flag(args.precision, device)
+    pipe = pipeline_or_exit(args, device)
+    sampler = sampler_settings(args)
     try:
-        loaded = load_model(args.checkpoint, args.weights, device)
-    except CheckpointError as err:
-        cli.fail(f"--checkpoint: {err}")
-    T = loaded.diffusion.num_timesteps
-    if args.steps is not None and args.steps > T:
-        cli.fail(f"--steps {args.steps} exceeds the checkpoint's T = {T}")
-    labels, guidance = conditioning(loaded, args)
-    model, autoguidance = with_guide(loaded, args, device)
-    coeffs = DeviceCoefficients(make_coefficients(
-        loaded.diffusion.schedule, args.sampler, args.steps, eta=args.eta or 0.0,
-        variance=args.variance or "posterior", spacing=args.spacing)).to(device)
-    desc = sampler_description(args, coeffs.num_steps)
-    print(f"model: {loaded.path} (step {loaded.step}, {args.weights} weights, T={T}); "
-          f"sampler: {desc}; device {device}, {describe_precision(amp_dtype)}", file=sys.stderr)
-    if autoguidance:
-        print(f"autoguidance: w = {autoguidance['autoguidance']:g}, guided by "
-              f"{autoguidance['guide_model']} (step {autoguidance['guide_step']})", file=sys.stderr)
-    gen = generate(model, loaded.diffusion, coeffs, args.n, args.batch_size, args.seed,
-                   device, labels=labels, guidance=guidance, trajectory=args.trajectory,
-                   progress=args.progress, autocast_dtype=amp_dtype, cuda_graph=args.cuda_graph)
-    settings = {"sampler": args.sampler, "steps": coeffs.num_steps, "eta": args.eta or 0.0,
-                "variance": args.variance or "posterior", "spacing": args.spacing,
-                "seed": args.seed, "batch_size": args.batch_size, "weights": args.weights,
-                "checkpoint": str(loaded.path), "checkpoint_step": loaded.step,
-                "device": str(device), "precision": precision_name(amp_dtype),
-                "cuda_graph": args.cuda_graph}
-    if loaded.conditional:
-        settings["guidance"] = 1.0 if guidance is None else guidance
-        settings["digit"] = digit_request(loaded, args)
-    settings.update(autoguidance or {})
+        desc = pipe.describe_sampler(sampler)
+    except ValueError as err:
+        cli.fail(f"--steps: {err}")
+    guidance = None if pipe.guide else args.guidance
     try:
-        written = write_outputs(args.out, gen, settings)
+        pipe.conditioning(1, args.digit, guidance)  # the labels and guidance this model takes
+    except ValueError as err:
+        cli.fail(f"--digit/--guidance: {err}")
+    print(f"model: {pipe.describe()}; sampler: {desc}", file=sys.stderr)
+    if pipe.guide is not None:
+        print(f"autoguidance: w = {pipe.guide_weight:g}, guided by {pipe.guide.path} "
+              f"(step {pipe.guide.step})", file=sys.stderr)
+    options = SampleOptions(args.batch_size, cuda_graph=args.cuda_graph, progress=args.progress,
+                            trajectory=args.trajectory)
+    gen = pipe.sample(args.n, digit=args.digit, guidance=guidance, sampler=sampler, seed=args.seed,
+                      options=options)
+    try:
+        written = write_outputs(args.out, gen, gen.settings)
     except OSError as err:
         cli.fail(f"--out: cannot write {args.out}: {err.strerror or err}")
     print(f"sampled {args.n} images ({desc}) in {gen.seconds:.1f}s: "

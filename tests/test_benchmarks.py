@@ -13,7 +13,7 @@ from torch import nn
 import diffusion_core as core
 from nets import device as devices
 from nets.diffusion import Diffusion
-from nets.sampling import DeviceCoefficients, make_coefficients, sample
+from nets.sampling import ChainOptions, DeviceCoefficients, Network, make_coefficients, sample
 from nets.unet import UNet, UNetConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +58,7 @@ def test_optimised_sampler_gives_the_naive_samplers_images(sampler, steps, eta, 
     model, x_T = tiny_unet(), torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     coeffs = make_coefficients(SCHEDULE, sampler, steps, eta=eta)
     z = fixed_noise(len(coeffs.timesteps), x_T.shape)
-    fast = sample(model, Diffusion(SCHEDULE, objective), DeviceCoefficients(coeffs), x_T,
+    fast = sample(Network(model, Diffusion(SCHEDULE, objective)), DeviceCoefficients(coeffs), x_T,
                   lambda k, like: z[k]).images
     slow = naive_sample(model, SCHEDULE, sampler, steps, x_T, lambda k, like: z[k], objective, eta)
     assert fast.dtype == slow.dtype == torch.float32 and fast.shape == slow.shape == x_T.shape
@@ -72,7 +72,7 @@ def test_float64_sample_equals_chained_core_reverse_steps(sampler, steps, eta):
     rng = np.random.default_rng(3)
     x_T = rng.standard_normal((2, 1, 4, 4))
     z = rng.standard_normal((len(coeffs.timesteps), 2, 1, 4, 4))
-    ours = sample(TanhNet(), Diffusion(SCHEDULE), DeviceCoefficients(coeffs), torch.from_numpy(x_T),
+    ours = sample(Network(TanhNet(), Diffusion(SCHEDULE)), DeviceCoefficients(coeffs), torch.from_numpy(x_T),
                   lambda k, like: torch.from_numpy(z[k])).images
     x = x_T
     for k, t in enumerate(coeffs.timesteps):
@@ -85,8 +85,8 @@ def test_float64_sample_equals_chained_core_reverse_steps(sampler, steps, eta):
 def test_cuda_graph_needs_cuda_tensors():
     coeffs = DeviceCoefficients(make_coefficients(SCHEDULE, "ddim", 4))
     with pytest.raises(ValueError, match="cuda_graph=True needs CUDA"):
-        sample(TanhNet(), Diffusion(SCHEDULE), coeffs, torch.zeros(1, 1, 4, 4),
-               lambda k, like: torch.zeros_like(like), cuda_graph=True)
+        sample(Network(TanhNet(), Diffusion(SCHEDULE)), coeffs, torch.zeros(1, 1, 4, 4),
+               lambda k, like: torch.zeros_like(like), ChainOptions(cuda_graph=True))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device; this "
@@ -101,9 +101,9 @@ def test_cuda_graph_and_eager_give_the_same_images_for_a_seed(sampler, steps, et
     for graph in (False, True):
         gen = torch.Generator(device=device).manual_seed(7)
         x_T = torch.randn((5, 1, 28, 28), generator=gen, device=device)
-        runs.append(sample(model, diffusion, coeffs, x_T,
+        runs.append(sample(Network(model, diffusion, autocast_dtype), coeffs, x_T,
                            lambda k, like, gen=gen: torch.randn(like.shape, generator=gen, device=device),
-                           num_snapshots=3, autocast_dtype=autocast_dtype, cuda_graph=graph))
+                           ChainOptions(num_snapshots=3, cuda_graph=graph)))
         states.append(gen.get_state())
     eager, graphed = runs
     torch.testing.assert_close(graphed.images, eager.images, rtol=1e-6, atol=1e-6)

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from nets import classifier, evaluate, sample, train
+from nets import evaluate, sample, train, train_classifier
 from nets.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
 
 COMMANDS = {"nets.train": train, "nets.sample": sample, "nets.evaluate": evaluate,
-            "nets.classifier": classifier}
+            "nets.train_classifier": train_classifier}
 SHARED = ("--seed", "--device", "--data-dir", "--precision")
 
 

@@ -150,8 +150,9 @@ def trained_classifier(tmp_path_factory):
         pytest.skip("real MNIST test split not found: set DDPM_MNIST_DIR (see tests/conftest.py)")
     data = load_mnist(mnist_dir(), "test")
     path = tmp_path_factory.mktemp("classifier") / "classifier.pt"
-    info = clf.train_and_save(data.images[:6000], data.labels[:6000], path, holdout=0.2,
-                              epochs=8, seed=0, min_accuracy=0.0, source="test[:6000]")
+    info = clf.train_and_save(data.images[:6000], data.labels[:6000], path,
+                              clf.ClassifierTraining(holdout=0.2, epochs=8, seed=0, min_accuracy=0.0),
+                              source="test[:6000]")
     return path, info
 
 
@@ -266,7 +267,7 @@ def test_missing_classifier_without_training_exits_2_with_the_command(tmp_path, 
     samples = bad_npz(tmp_path, "s.npz", images=np.zeros((4, 28, 28), np.uint8))
     code, out = run_main(capsys, "--samples", samples, "--data-dir", real_mnist_dir,
                          "--classifier", tmp_path / "none.pt", "--no-train-classifier")
-    assert code == 2 and "python -m nets.classifier" in out.err
+    assert code == 2 and "python -m nets.train_classifier" in out.err
 
 
 def test_real_digits_as_samples_score_like_the_real_floor(tmp_path, capsys, trained_classifier):

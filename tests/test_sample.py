@@ -18,7 +18,16 @@ import diffusion_core as core
 from nets import sample as sample_cli
 from nets.checkpoint import save_checkpoint
 from nets.diffusion import Diffusion, as_table
-from nets.sampling import DeviceCoefficients, class_labels, generate, make_coefficients, sample
+from nets.sampling import (
+    ChainOptions,
+    DeviceCoefficients,
+    Network,
+    SampleOptions,
+    class_labels,
+    generate,
+    make_coefficients,
+    sample,
+)
 from nets.training.config import TrainConfig
 from nets.unet import UNet, UNetConfig
 
@@ -63,9 +72,9 @@ def run_oracle(sampler, steps=None, seed=0, **kw):
     coeffs = DeviceCoefficients(table)
     gen = torch.Generator().manual_seed(seed)
     x_T = torch.randn((4096, 1, 2, 2), generator=gen, dtype=torch.float64)
-    out = sample(GaussianEpsOracle(schedule), Diffusion(schedule), coeffs, x_T,
+    out = sample(Network(GaussianEpsOracle(schedule), Diffusion(schedule)), coeffs, x_T,
                  lambda k, like: torch.randn(like.shape, generator=gen, dtype=like.dtype),
-                 clip_x0=False)
+                 ChainOptions(clip_x0=False))
     return out.images.flatten().numpy(), table
 
 
@@ -109,8 +118,8 @@ def test_ddim_eta_zero_is_deterministic_given_x_T():
     coeffs = DeviceCoefficients(make_coefficients(schedule, "ddim", 20))
     x_T = torch.randn((4096, 1, 2, 2), generator=torch.Generator().manual_seed(0),
                       dtype=torch.float64)
-    b = sample(GaussianEpsOracle(schedule), Diffusion(schedule), coeffs, x_T,
-               lambda k, like: torch.randn_like(like), clip_x0=False).images.flatten().numpy()
+    b = sample(Network(GaussianEpsOracle(schedule), Diffusion(schedule)), coeffs, x_T,
+               lambda k, like: torch.randn_like(like), ChainOptions(clip_x0=False)).images.flatten().numpy()
     np.testing.assert_array_equal(a, b)  # other noise draws, same output
 
 
@@ -138,12 +147,13 @@ def test_samplers_give_finite_images_in_range_repeatable_by_seed(sampler, steps,
     model, diffusion = tiny_model(), tiny_diffusion()
     coeffs = DeviceCoefficients(make_coefficients(diffusion.schedule, sampler, steps, **kw))
     x_T = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    out = sample(model, diffusion, coeffs, x_T, lambda k, like: torch.randn_like(like)).images
+    net = Network(model, diffusion)
+    out = sample(net, coeffs, x_T, lambda k, like: torch.randn_like(like)).images
     assert out.shape == (6, 1, 28, 28) and out.dtype == torch.float32
     assert torch.isfinite(out).all() and out.abs().max() <= 1.0
-    a = generate(model, diffusion, coeffs, 10, 4, seed=1)
-    b = generate(model, diffusion, coeffs, 10, 4, seed=1)
-    c = generate(model, diffusion, coeffs, 10, 4, seed=2)
+    a = generate(net, coeffs, 10, 1, options=SampleOptions(batch_size=4))
+    b = generate(net, coeffs, 10, 1, options=SampleOptions(batch_size=4))
+    c = generate(net, coeffs, 10, 2, options=SampleOptions(batch_size=4))
     assert a.images.shape == (10, 28, 28) and a.images.dtype == np.uint8
     np.testing.assert_array_equal(a.images, b.images)
     assert (a.images != c.images).mean() > 0.5
@@ -152,7 +162,8 @@ def test_samplers_give_finite_images_in_range_repeatable_by_seed(sampler, steps,
 def test_generate_records_a_trajectory_of_the_first_batch():
     model, diffusion = tiny_model(), tiny_diffusion()
     coeffs = DeviceCoefficients(make_coefficients(diffusion.schedule, "ddpm"))
-    g = generate(model, diffusion, coeffs, 5, 3, seed=0, trajectory=True)
+    g = generate(Network(model, diffusion), coeffs, 5, 0,
+                 options=SampleOptions(batch_size=3, trajectory=True))
     assert g.trajectory.shape == (11, 3, 28, 28) and g.trajectory.dtype == np.uint8
     assert g.trajectory_timesteps[0] == 20 and g.trajectory_timesteps[-1] == 0
     np.testing.assert_array_equal(g.trajectory[-1], g.images[:3])

@@ -9,7 +9,7 @@ from test_sample import MU, GaussianEpsOracle, S, checkpoints, run_main, tiny_mo
 import diffusion_core as core
 from nets.diffusion import Diffusion
 from nets.sampling import DeviceCoefficients, make_coefficients, sample
-from nets.sampling.chain import MULTISTEP, min_steps
+from nets.sampling import MULTISTEP, ChainOptions, Network, min_steps
 
 SCHEDULE = core.DiffusionSchedule.from_betas(core.linear_betas(1000))
 
@@ -39,7 +39,7 @@ def test_the_torch_multistep_chain_equals_the_chained_core_steps(sampler, steps,
         calls.append(k)
         return torch.from_numpy(noise[k])
 
-    ours = sample(oracle, Diffusion(SCHEDULE), DeviceCoefficients(table), torch.from_numpy(x_T),
+    ours = sample(Network(oracle, Diffusion(SCHEDULE)), DeviceCoefficients(table), torch.from_numpy(x_T),
                   noise_fn).images.numpy()
 
     def output_fn(x, t):
@@ -61,9 +61,9 @@ def test_the_solvers_run_v_and_x0_models_under_classifier_free_guidance(sampler,
     x_T = rng.standard_normal((3, 1, 28, 28)).astype(np.float32)
     noise = rng.standard_normal((8, 3, 1, 28, 28)).astype(np.float32)
     y, w = torch.tensor([1, 4, 7]), 3.0
-    ours = sample(model, Diffusion(schedule, objective), DeviceCoefficients(table),
-                  torch.from_numpy(x_T), lambda k, like: torch.from_numpy(noise[k]), y=y,
-                  guidance=w).images.numpy()
+    ours = sample(Network(model, Diffusion(schedule, objective)), DeviceCoefficients(table),
+                  torch.from_numpy(x_T), lambda k, like: torch.from_numpy(noise[k]),
+                  ChainOptions(y=y, guidance=w)).images.numpy()
 
     @torch.inference_mode()
     def guided(x, t):
@@ -79,9 +79,9 @@ def test_the_solvers_run_v_and_x0_models_under_classifier_free_guidance(sampler,
 def empirical_moments(table, seed=0):
     gen = torch.Generator().manual_seed(seed)
     x_T = torch.randn((4096, 1, 2, 2), generator=gen, dtype=torch.float64)
-    out = sample(GaussianEpsOracle(SCHEDULE), Diffusion(SCHEDULE), DeviceCoefficients(table), x_T,
+    out = sample(Network(GaussianEpsOracle(SCHEDULE), Diffusion(SCHEDULE)), DeviceCoefficients(table), x_T,
                  lambda k, like: torch.randn(like.shape, generator=gen, dtype=like.dtype),
-                 clip_x0=False).images.flatten().numpy()
+                 ChainOptions(clip_x0=False)).images.flatten().numpy()
     return out.mean(), out.var(ddof=1)
 
 
@@ -105,8 +105,8 @@ def test_min_steps_is_order_plus_one_and_one_for_one_step_samplers():
 def test_cuda_graph_refuses_a_multistep_table():
     table = DeviceCoefficients(make_coefficients(SCHEDULE, "dpmpp-2m", 5))
     with pytest.raises(ValueError, match="cuda_graph"):
-        sample(GaussianEpsOracle(SCHEDULE), Diffusion(SCHEDULE), table, torch.zeros(1, 1, 2, 2),
-               lambda k, like: like, cuda_graph=True)
+        sample(Network(GaussianEpsOracle(SCHEDULE), Diffusion(SCHEDULE)), table, torch.zeros(1, 1, 2, 2),
+               lambda k, like: like, ChainOptions(cuda_graph=True))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ def batch(seed=0, n=6):
 
 
 def torch_reverse_step(dev, k, diffusion, xt, output, z):
-    """Step k through the sampler's own (K, 7) table and update: what `sample` runs per step."""
+    """Step k through the sampler's own (K, 9) table and update: what `sample` runs per step."""
     row = chain._step_table(dev, diffusion, xt.dtype)[k]
     return chain._update(xt, output, z, chain._StepCoefficients(*row.unbind(0)), clip_x0=True)
 

@@ -28,6 +28,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from nets.figures import save_digit_rows  # noqa: E402
+
 ARMS = {  # name: nets.train flags on top of the defaults
     "baseline": [],
     "warmup-50": ["--warmup-steps", "50"],
@@ -178,19 +180,11 @@ def plot(rows, path):
 
 
 def grids(rows, out_dir, path, per_row=20):
-    rows = sorted(rows, key=lambda r: r["fd"])
-    fig, axes = plt.subplots(len(rows), 1, figsize=(per_row * 0.45, len(rows) * 0.62 + 0.3))
-    for ax, r in zip(np.atleast_1d(axes), rows, strict=True):
+    labelled = []
+    for r in sorted(rows, key=lambda r: r["fd"]):
         with np.load(out_dir / r["arm"] / f"{r['samples']}.npz") as f:
-            images = f["images"][:per_row]
-        ax.imshow(np.concatenate(list(images), axis=1), cmap="gray", vmin=0, vmax=255)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_ylabel(f"{r['arm']} @ {r['steps']} steps\n{r['sampling']}", rotation=0, ha="right", va="center", fontsize=6)
-    fig.suptitle(f"the first {per_row} digits of each arm (seed 0, best FD first)", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+            labelled.append((f"{r['arm']} @ {r['steps']} steps\n{r['sampling']}", f["images"][:per_row]))
+    save_digit_rows(path, labelled, f"the first {per_row} digits of each arm (seed 0, best FD first)", 6)
 
 
 def main() -> None:

@@ -22,6 +22,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from nets.figures import save_digit_rows  # noqa: E402
+
 GRID = {  # sampler: (spacing, network calls)
     "ddim": ("trailing", [5, 10, 20, 50]),
     "ddpm": ("trailing", [10, 20, 50]),
@@ -97,19 +99,12 @@ def plot(rows, path):
 
 
 def grids(settings, out_dir, path, calls=10, per_row=20):
-    chosen = [(s, sp, k) for s, sp, k in settings if k == calls]
-    fig, axes = plt.subplots(len(chosen), 1, figsize=(per_row * 0.45, len(chosen) * 0.62 + 0.2))
-    for ax, (sampler, spacing, steps) in zip(np.atleast_1d(axes), chosen, strict=True):
-        with np.load(out_dir / f"{sampler}-{spacing}-{steps}.npz") as f:
-            images = f["images"][:per_row]
-        ax.imshow(np.concatenate(list(images), axis=1), cmap="gray", vmin=0, vmax=255)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_ylabel(f"{sampler}\n{spacing}", rotation=0, ha="right", va="center", fontsize=7)
-    fig.suptitle(f"the first {per_row} digits (seed 0) at {calls} network calls", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    labelled = []
+    for sampler, spacing, steps in settings:
+        if steps == calls:
+            with np.load(out_dir / f"{sampler}-{spacing}-{steps}.npz") as f:
+                labelled.append((f"{sampler}\n{spacing}", f["images"][:per_row]))
+    save_digit_rows(path, labelled, f"the first {per_row} digits (seed 0) at {calls} network calls", 7)
 
 
 if __name__ == "__main__":

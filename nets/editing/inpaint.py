@@ -10,6 +10,8 @@ pixels of the result are the given uint8 values, exactly.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -17,21 +19,39 @@ import diffusion_core as core
 from nets.diffusion import Diffusion
 from nets.pixels import images_to_uint8, to_training_tensor
 from nets.progress import Progress
-from nets.sampling import DeviceCoefficients
-from nets.sampling.chain import step_function
+from nets.sampling.chain import DeviceCoefficients, step_function
+from nets.sampling.settings import ChainOptions, Network
+
+
+@dataclass(frozen=True)
+class InpaintSettings:
+    """``n`` completions over ``steps`` respaced DDPM steps, each step taken ``resample`` times
+    (RePaint's R; 1 = plain replacement), with a progress line or not."""
+
+    n: int = 8
+    steps: int = 100
+    resample: int = 5
+    progress: bool = False
+
+    def __post_init__(self):
+        for name in ("n", "steps", "resample"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 @torch.inference_mode()
-def inpaint(model: torch.nn.Module, diffusion: Diffusion, original: np.ndarray, known: np.ndarray,
-            n: int, steps: int, resample: int, gen: torch.Generator, device: torch.device,
-            y: torch.Tensor | None = None, guidance: float | None = None,
-            autocast_dtype: torch.dtype | None = None, progress: bool = False) -> np.ndarray:
-    """``n`` completions (n, 28, 28) uint8 of the uint8 digit ``original`` (28, 28) whose
-    ``known`` (28, 28) bool pixels are kept."""
+def inpaint(net: Network, original: np.ndarray, known: np.ndarray, gen: torch.Generator,
+            settings: InpaintSettings = InpaintSettings(),
+            options: ChainOptions = ChainOptions()) -> np.ndarray:
+    """``settings.n`` completions (n, 28, 28) uint8 of the uint8 digit ``original`` (28, 28) whose
+    ``known`` (28, 28) bool pixels are kept; ``options`` carry a conditional model's label and
+    guidance; ``gen`` (on the network's device) draws every random number."""
+    diffusion, device = net.diffusion, net.device
+    n, steps, resample = settings.n, settings.steps, settings.resample
     schedule = diffusion.schedule
     table = core.ddpm_coefficients(schedule, core.select_timesteps(schedule.num_timesteps, steps, "trailing"))
     coeffs = DeviceCoefficients(table).to(device)
-    step = step_function(model, diffusion, coeffs, torch.float32, y, guidance, True, autocast_dtype)
+    step = step_function(net, coeffs, torch.float32, options)
     x0 = to_training_tensor(np.repeat(original[None], n, axis=0), device)  # (n, 1, 28, 28)
     mask = torch.as_tensor(known, device=device).expand_as(x0)
     taus = [int(t) for t in table.timesteps] + [-1]  # τ_0 > ... > τ_{K-1}, then x0
@@ -42,7 +62,7 @@ def inpaint(model: torch.nn.Module, diffusion: Diffusion, original: np.ndarray, 
 
     x = randn(x0)
     ks = torch.arange(len(table.timesteps), device=device)
-    bar = Progress("inpainting step", len(table.timesteps), rate_unit="steps/s", enabled=progress)
+    bar = Progress("inpainting step", len(table.timesteps), rate_unit="steps/s", enabled=settings.progress)
     for k in range(len(table.timesteps)):
         last = k == len(table.timesteps) - 1
         for r in range(1 if last else resample):

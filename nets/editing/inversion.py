@@ -7,8 +7,8 @@ import numpy as np
 import torch
 
 import diffusion_core as core
-from nets.diffusion import Diffusion
-from nets.sampling import DeviceCoefficients, sample
+from nets.sampling.chain import DeviceCoefficients, sample
+from nets.sampling.settings import ChainOptions, Network
 
 
 def edit_timesteps(schedule: core.DiffusionSchedule, steps: int) -> np.ndarray:
@@ -20,27 +20,27 @@ def _zero_noise(_k: int, like: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(like)
 
 
-def invert(model: torch.nn.Module, diffusion: Diffusion, x0: torch.Tensor, steps: int,
-           y: torch.Tensor | None = None, guidance: float | None = None,
-           autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """x0 (B, 1, 28, 28) in [-1, 1] → the latents x_{T-1} (B, 1, 28, 28), K - 1 inversion steps."""
-    table = core.ddim_inversion_coefficients(diffusion.schedule, edit_timesteps(diffusion.schedule, steps))
-    return _run(model, diffusion, table, x0, y, guidance, autocast_dtype)
+def invert(net: Network, x0: torch.Tensor, steps: int,
+           options: ChainOptions = ChainOptions()) -> torch.Tensor:
+    """x0 (B, 1, 28, 28) in [-1, 1] → the latents x_{T-1} (B, 1, 28, 28), K - 1 inversion steps;
+    ``options`` carry the labels and guidance of a conditional model."""
+    schedule = net.diffusion.schedule
+    table = core.ddim_inversion_coefficients(schedule, edit_timesteps(schedule, steps))
+    return _run(net, table, x0, options)
 
 
-def decode(model: torch.nn.Module, diffusion: Diffusion, latents: torch.Tensor, steps: int,
-           y: torch.Tensor | None = None, guidance: float | None = None,
-           autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+def decode(net: Network, latents: torch.Tensor, steps: int,
+           options: ChainOptions = ChainOptions()) -> torch.Tensor:
     """Latents at index T-1 → images in [-1, 1] by DDIM (η = 0) on the same K steps."""
-    table = core.ddim_coefficients(diffusion.schedule, edit_timesteps(diffusion.schedule, steps))
-    return _run(model, diffusion, table, latents, y, guidance, autocast_dtype)
+    schedule = net.diffusion.schedule
+    table = core.ddim_coefficients(schedule, edit_timesteps(schedule, steps))
+    return _run(net, table, latents, options)
 
 
-def _run(model, diffusion, table: core.ReverseCoefficients, x: torch.Tensor, y, guidance, autocast_dtype):
+def _run(net: Network, table: core.ReverseCoefficients, x: torch.Tensor,
+         options: ChainOptions) -> torch.Tensor:
     """A deterministic table (σ = 0) through the samplers' one loop."""
-    coeffs = DeviceCoefficients(table).to(x.device)
-    return sample(model, diffusion, coeffs, x, _zero_noise, y=y, guidance=guidance,
-                  autocast_dtype=autocast_dtype).images
+    return sample(net, DeviceCoefficients(table).to(x.device), x, _zero_noise, options).images
 
 
 def interpolate(a: torch.Tensor, b: torch.Tensor, frames: int) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """The evaluation classifier: a small MNIST CNN trained by the project on the data at hand.
 
-:func:`train_and_save` (the command ``python -m nets.classifier``) trains it on a seeded random
+:func:`train_and_save` (the command ``python -m nets.train_classifier``) trains it on a seeded random
 part of the images, measures its accuracy on the rest (held out), and saves it atomically
 (``nets.checkpoint.save_checkpoint``) only if that accuracy reaches ``min_accuracy`` (0.97).
 The file is a dict of tensors and plain values, read back with ``torch.load(weights_only=True)``.
@@ -34,6 +34,10 @@ CLASSIFIER_ENV = "DDPM_CLASSIFIER"
 
 class ClassifierError(ValueError):
     """A classifier file that cannot be used: missing, unreadable, or not this classifier."""
+
+
+class ClassifierTooWeak(ClassifierError):
+    """A freshly trained classifier below the required held-out accuracy (nothing saved)."""
 
 
 def default_classifier_path() -> Path:
@@ -170,7 +174,7 @@ def load_classifier(path: str | os.PathLike, device: torch.device | str = "cpu"
         raise ClassifierError(str(err)) from None
     if not isinstance(state, dict) or state.get("kind") != KIND:
         raise ClassifierError(f"{path} is not an MNIST classifier file written by "
-                              f"`python -m nets.classifier`")
+                              f"`python -m nets.train_classifier`")
     try:
         check_format_version(state, path)
     except CheckpointError as err:
@@ -184,14 +188,33 @@ def load_classifier(path: str | os.PathLike, device: torch.device | str = "cpu"
     return model.to(device).eval(), dict(state.get("info", {}))
 
 
-def train_and_save(images: np.ndarray, labels: np.ndarray, out: Path, *, holdout: float = 0.2,
-                   epochs: int = 8, seed: int = 0, min_accuracy: float = 0.97,
+@dataclass(frozen=True)
+class ClassifierTraining:
+    """How the evaluation classifier is trained: ``holdout`` fraction kept out to measure its
+    accuracy, ``epochs``, ``seed``, and the ``min_accuracy`` below which it is not saved."""
+
+    holdout: float = 0.2
+    epochs: int = 8
+    seed: int = 0
+    min_accuracy: float = 0.97
+
+    def __post_init__(self):
+        if not 0.0 < self.holdout < 1.0:
+            raise ValueError(f"holdout must be in (0, 1), got {self.holdout}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+
+
+def train_and_save(images: np.ndarray, labels: np.ndarray, out: Path,
+                   training: ClassifierTraining = ClassifierTraining(),
                    device: torch.device | str = "cpu", source: str = "") -> dict:
     """Train on a random (1 − holdout) of the images, test on the rest, save if accurate enough.
 
     Returns the info dict saved with the weights; raises ClassifierError (nothing written) when
-    the held-out accuracy is below ``min_accuracy``.
+    the held-out accuracy is below ``training.min_accuracy``.
     """
+    holdout, epochs, seed = training.holdout, training.epochs, training.seed
+    min_accuracy = training.min_accuracy
     train_idx, hold_idx = holdout_split(len(images), holdout, seed)
     t0 = time.perf_counter()
     model = train_classifier(images[train_idx], labels[train_idx], epochs=epochs, seed=seed,
@@ -203,7 +226,7 @@ def train_and_save(images: np.ndarray, labels: np.ndarray, out: Path, *, holdout
     print(f"classifier: held-out accuracy {100 * acc:.2f}% on {len(hold_idx)} images "
           f"(trained on {len(train_idx)} in {info['train_seconds']}s)", file=sys.stderr)
     if acc < min_accuracy:
-        raise ClassifierError(f"held-out accuracy {100 * acc:.2f}% is below the required "
+        raise ClassifierTooWeak(f"held-out accuracy {100 * acc:.2f}% is below the required "
                               f"{100 * min_accuracy:.0f}%; not saved (train on more images or "
                               f"epochs)")
     save_classifier(model, out, info)

@@ -24,7 +24,7 @@ def load_samples(path: str | Path) -> tuple[np.ndarray, dict, np.ndarray | None]
     the requested ``labels`` (N,) of a conditional model's samples (None when absent)."""
     path = Path(path)
     images, labels, meta = _read_archive(path)
-    _check_arrays(path, images, labels)
+    check_arrays(path, images, labels)
     return images, meta, labels
 
 
@@ -70,7 +70,7 @@ def _read_archive(path: Path) -> tuple[np.ndarray, np.ndarray | None, dict]:
     return images, labels, meta
 
 
-def _check_arrays(path: Path, images: np.ndarray, labels: np.ndarray | None) -> None:
+def check_arrays(path: Path, images: np.ndarray, labels: np.ndarray | None) -> None:
     if images.dtype != np.uint8:
         raise SamplesError(f"{path}: 'images' must be uint8 (0 black, 255 white), got "
                            f"{images.dtype} (nets.data.images_to_uint8 converts [-1, 1] floats)")

@@ -1,9 +1,25 @@
-"""Sampling: the reverse chain on the device (``chain``), N digits in seeded batches
-(``batches``), and the files they are written to (``outputs``). The command is ``nets/sample.py``.
+"""Sampling: the bundles a sampling call takes (``settings``), the reverse chain on the device
+(``chain``), N digits in seeded batches (``batches``), autoguidance (``guidance``) and the files
+they are written to (``outputs``). The command is ``nets/sample.py``; the short way in from
+Python is :func:`nets.load`.
 """
 
 from nets.sampling.batches import Generated, class_labels, generate, labels_from_frequencies
-from nets.sampling.chain import DeviceCoefficients, NoiseFn, SampleResult, make_coefficients, sample
+from nets.sampling.chain import DeviceCoefficients, NoiseFn, SampleResult, sample, step_function
+from nets.sampling.settings import (
+    MULTISTEP,
+    SAMPLERS,
+    SPACINGS,
+    ChainOptions,
+    Conditioning,
+    Network,
+    SampleOptions,
+    SamplerSettings,
+    make_coefficients,
+    min_steps,
+)
 
-__all__ = ["DeviceCoefficients", "Generated", "NoiseFn", "SampleResult", "class_labels", "generate",
-           "labels_from_frequencies", "make_coefficients", "sample"]
+__all__ = ["MULTISTEP", "SAMPLERS", "SPACINGS", "ChainOptions", "Conditioning", "DeviceCoefficients",
+           "Generated", "Network", "NoiseFn", "SampleOptions", "SampleResult", "SamplerSettings",
+           "class_labels", "generate", "labels_from_frequencies", "make_coefficients", "min_steps",
+           "sample", "step_function"]

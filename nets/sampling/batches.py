@@ -8,15 +8,15 @@ size, device): one generator, seeded once, draws x_T and every z, batch after ba
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from nets.diffusion import Diffusion
-from nets.pixels import IMAGE_SHAPE, NUM_CLASSES, images_to_uint8
+from nets.pixels import IMAGE_SHAPE, NUM_CLASSES, images_to_uint8, to_training_tensor
 from nets.progress import Progress
 from nets.sampling.chain import DeviceCoefficients, sample
+from nets.sampling.settings import ChainOptions, Conditioning, Network, SampleOptions
 
 TRAJECTORY_CHAINS = 8
 TRAJECTORY_SNAPSHOTS = 10
@@ -29,25 +29,30 @@ class Generated:
     trajectory: np.ndarray | None  # (S, chains, 28, 28) uint8, noisiest first
     trajectory_timesteps: list[int]  # paper step of each snapshot; 0 is the final image
     seconds: float
+    settings: dict = field(default_factory=dict)  # what made them, as saved beside them (Pipeline.sample)
 
     @property
     def images_per_second(self) -> float:
         return len(self.images) / max(self.seconds, 1e-9)
 
+    def as_tensor(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The images as the network sees them: (N, 1, 28, 28) float32 in [-1, 1] (the uint8
+        values mapped exactly, so this is what was saved, not the chain's unrounded output)."""
+        return to_training_tensor(self.images, device)
 
-def generate(model: torch.nn.Module, diffusion: Diffusion, coeffs: DeviceCoefficients, n: int,
-             batch_size: int, seed: int, device: torch.device | str = "cpu",
-             labels: np.ndarray | None = None, guidance: float | None = None,
-             trajectory: bool = False, clip_x0: bool = True, progress: bool = False,
-             autocast_dtype: torch.dtype | None = None, cuda_graph: bool = False) -> Generated:
-    """``n`` uint8 images from the reverse chain, ``batch_size`` at a time.
 
-    One generator seeded with ``seed`` draws x_T and each step's z, batch after batch.
-    ``labels`` (n,) conditions a class-conditional model (``guidance`` w: ε_u + w(ε_c − ε_u),
-    None = plain conditional). ``trajectory`` records snapshots of the first batch's first 8
-    chains. ``autocast_dtype`` and ``cuda_graph`` are passed to ``nets.sampling.sample``.
+def generate(net: Network, coeffs: DeviceCoefficients, n: int, seed: int = 0,
+             cond: Conditioning = Conditioning(), options: SampleOptions = SampleOptions()) -> Generated:
+    """``n`` uint8 images from the reverse chain, ``options.batch_size`` at a time.
+
+    One generator on the network's device, seeded with ``seed``, draws x_T and each step's z,
+    batch after batch. ``cond.labels`` (n,) condition a class-conditional model (``cond.guidance``
+    w: ε_u + w(ε_c − ε_u); None or 1 = plain conditional). ``options.trajectory`` records
+    snapshots of the first batch's first 8 chains.
     """
-    device = torch.device(device)
+    if cond.labels is not None and len(cond.labels) != n:
+        raise ValueError(f"{len(cond.labels)} labels for {n} images")
+    device = net.diffusion.device
     gen = torch.Generator(device=device).manual_seed(seed)
 
     def noise_fn(_k: int, like: torch.Tensor) -> torch.Tensor:
@@ -55,18 +60,15 @@ def generate(model: torch.nn.Module, diffusion: Diffusion, coeffs: DeviceCoeffic
 
     images = np.empty((n, *IMAGE_SHAPE[1:]), dtype=np.uint8)
     snaps, snap_t = None, []
-    bar = Progress("sampling", n, enabled=progress)
+    bar = Progress("sampling", n, enabled=options.progress)
     t0 = time.perf_counter()
-    for start in range(0, n, batch_size):
-        b = min(batch_size, n - start)
+    for start in range(0, n, options.batch_size):
+        b = min(options.batch_size, n - start)
         x_T = torch.randn((b, *IMAGE_SHAPE), generator=gen, device=device)
-        y = None
-        if labels is not None:
-            y = torch.as_tensor(labels[start:start + b], dtype=torch.long, device=device)
-        record = TRAJECTORY_SNAPSHOTS if trajectory and start == 0 else 0
-        result = sample(model, diffusion, coeffs, x_T, noise_fn, y=y, clip_x0=clip_x0,
-                        guidance=guidance, num_snapshots=record, autocast_dtype=autocast_dtype,
-                        cuda_graph=cuda_graph)
+        record = TRAJECTORY_SNAPSHOTS if options.trajectory and start == 0 else 0
+        chain = ChainOptions(cond.batch(start, start + b, device), cond.cfg_weight, options.clip_x0,
+                             record, options.cuda_graph)
+        result = sample(net, coeffs, x_T, noise_fn, chain)
         images[start:start + b] = images_to_uint8(result.images)
         if record:
             chains = min(TRAJECTORY_CHAINS, b)
@@ -74,8 +76,7 @@ def generate(model: torch.nn.Module, diffusion: Diffusion, coeffs: DeviceCoeffic
             snap_t = list(result.snapshot_timesteps)
         bar.update(start + b)
     bar.close()
-    return Generated(images, None if labels is None else np.asarray(labels, np.int64), snaps,
-                     snap_t, time.perf_counter() - t0)
+    return Generated(images, cond.labels, snaps, snap_t, time.perf_counter() - t0)
 
 
 def labels_from_frequencies(n: int, class_counts: list[int], seed: int) -> np.ndarray:

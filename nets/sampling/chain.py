@@ -1,12 +1,14 @@
 """The reverse chain on the device, driven by diffusion_core's ReverseCoefficients.
 
-One loop serves DDPM (σ² = β̃ or β) and DDIM (any η, any respaced step list): the core reduces
-every step to ``x_prev = A_k·x̂0 + B_k·ε̂ + σ_k·z``. All tables are moved to the device once;
-the loop does no host work and no syncs per step.
+One loop serves DDPM (σ² = β̃ or β), DDIM (any η, any respaced step list) and the DPM-Solver++
+multistep solvers: the core reduces every step to
+``x_prev = A_k·x̂0 + B_k·ε̂ + C_k·x̂0_{k-1} + D_k·x̂0_{k-2} + σ_k·z`` (C = D = 0 for the one-step
+samplers). All tables are moved to the device once; the loop does no host work and no syncs per
+step. What it takes is bundled in :mod:`nets.sampling.settings`.
 
 Speed (measured in ``benchmarks/sample_speed.py``, docs/benchmarks.md). Before the loop,
 :func:`sample` gathers every per-step coefficient (the objective's x̂0 pair at τ_k, √ᾱ, √(1-ᾱ),
-A, B, σ) into one (K, 7) table in the working dtype, so a step selects one row with a device
+A, B, σ, C, D) into one (K, 9) table in the working dtype, so a step selects one row with a device
 index: no per-step gathers, float64 casts, host→device copies or syncs. With
 ``cuda_graph=True`` one step (network, guidance, update) is captured as a CUDA graph and
 replayed; the noise z is still drawn eagerly by ``noise_fn`` (the same calls, in the same order,
@@ -19,7 +21,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple, get_args
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -27,17 +29,9 @@ from torch import nn
 
 import diffusion_core as core
 from nets.diffusion import Diffusion, as_table
+from nets.sampling.settings import ChainOptions, Network
 
 NoiseFn = Callable[[int, torch.Tensor], torch.Tensor]
-SAMPLERS = ("ddpm", "ddim", "dpmpp-2m", "dpmpp-3m", "sde-dpmpp-2m")
-MULTISTEP = {"dpmpp-2m": (2, False), "dpmpp-3m": (3, False), "sde-dpmpp-2m": (2, True)}  # order, SDE
-SPACINGS = (*get_args(core.Spacing), "logsnr")  # logsnr: uniform in λ (core.log_snr_timesteps)
-
-
-def min_steps(sampler: str) -> int:
-    """The fewest steps at which a solver uses its order once: its first step has no history and
-    its last step (into ᾱ = 1) is first order, so order p needs p + 1 steps."""
-    return MULTISTEP[sampler][0] + 1 if sampler in MULTISTEP else 1
 
 
 @dataclass
@@ -60,25 +54,6 @@ class DeviceCoefficients(nn.Module):
         for name in ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
                      "x0_coef", "eps_coef", "sigma", "x0_prev_coef", "x0_prev2_coef"):
             self.register_buffer(name, as_table(getattr(coeffs, name)))
-
-
-def make_coefficients(schedule: core.DiffusionSchedule, sampler: str, steps: int | None = None,
-                      eta: float = 0.0, variance: str = "posterior",
-                      spacing: str = "trailing") -> core.ReverseCoefficients:
-    """The core's step tables for ``sampler`` (one of SAMPLERS) over ``steps`` (None = all T)."""
-    timesteps = None
-    if spacing == "logsnr":
-        timesteps = core.log_snr_timesteps(schedule, steps or schedule.num_timesteps)
-    elif steps is not None and steps != schedule.num_timesteps:
-        timesteps = core.select_timesteps(schedule.num_timesteps, steps, spacing)
-    if sampler == "ddpm":
-        return core.ddpm_coefficients(schedule, timesteps, variance=variance)
-    if sampler == "ddim":
-        return core.ddim_coefficients(schedule, timesteps, eta=eta)
-    if sampler in MULTISTEP:
-        order, stochastic = MULTISTEP[sampler]
-        return core.dpmpp_coefficients(schedule, timesteps, order=order, stochastic=stochastic)
-    raise ValueError(f"unknown sampler: {sampler!r} (expected one of {', '.join(SAMPLERS)})")
 
 
 class _StepCoefficients(NamedTuple):
@@ -127,18 +102,16 @@ def _step_table(coeffs: DeviceCoefficients, diffusion: Diffusion, dtype: torch.d
     return torch.stack([c.to(dtype) for c in columns], dim=1)
 
 
-def _sample_step(model: nn.Module, table: torch.Tensor, timesteps: torch.Tensor,
-                 y: torch.Tensor | None, guidance: float | None, clip_x0: bool,
-                 autocast_dtype: torch.dtype | None, x: torch.Tensor, k: torch.Tensor,
-                 noise: torch.Tensor | None, history: tuple | None = None):
+def _sample_step(net: Network, table: torch.Tensor, timesteps: torch.Tensor, options: ChainOptions,
+                 x: torch.Tensor, k: torch.Tensor, noise: torch.Tensor | None, history: tuple | None = None):
     """Step k (a (1,) long device tensor) of the chain: network, guidance, update. → x_prev, or
     (x_prev, x̂0) for a multistep sampler (``history`` given)."""
     t = timesteps.index_select(0, k).expand(x.shape[0])  # (B,)
-    with torch.autocast(x.device.type, dtype=autocast_dtype or torch.bfloat16,
-                        enabled=autocast_dtype is not None, cache_enabled=False):
-        output = _model_output(model, x, t, y, guidance)
+    with torch.autocast(x.device.type, dtype=net.autocast_dtype or torch.bfloat16,
+                        enabled=net.autocast_dtype is not None, cache_enabled=False):
+        output = _model_output(net.model, x, t, options.y, options.guidance)
     c = _StepCoefficients(*table.index_select(0, k).unbind(1))  # nine (1,) tensors
-    x_prev, x0 = _update(x, output.to(x.dtype), noise, c, clip_x0, history)
+    x_prev, x0 = _update(x, output.to(x.dtype), noise, c, options.clip_x0, history)
     return x_prev if history is None else (x_prev, x0)
 
 
@@ -176,34 +149,32 @@ class _CudaGraphStep:
         return self.x
 
 
-def step_function(model: nn.Module, diffusion: Diffusion, coeffs: DeviceCoefficients, dtype: torch.dtype,
-                  y: torch.Tensor | None = None, guidance: float | None = None, clip_x0: bool = True,
-                  autocast_dtype: torch.dtype | None = None) -> Callable:
+def step_function(net: Network, coeffs: DeviceCoefficients, dtype: torch.dtype,
+                  options: ChainOptions = ChainOptions()) -> Callable:
     """``step(x, k, noise) → x_prev``: one step k (a (1,) long device tensor) of a one-step table,
     for loops that do more between steps than :func:`sample` (inpainting's replacement and
     resampling); the same network call, guidance and update as :func:`sample`."""
-    return functools.partial(_sample_step, model, _step_table(coeffs, diffusion, dtype), coeffs.timesteps,
-                             y, guidance, clip_x0, autocast_dtype)
+    return functools.partial(_sample_step, net, _step_table(coeffs, net.diffusion, dtype), coeffs.timesteps,
+                             options)
 
 
 @torch.inference_mode()
-def sample(model: nn.Module, diffusion: Diffusion, coeffs: DeviceCoefficients, x_T: torch.Tensor,
-           noise_fn: NoiseFn, y: torch.Tensor | None = None, clip_x0: bool = True,
-           guidance: float | None = None, num_snapshots: int = 0,
-           autocast_dtype: torch.dtype | None = None, cuda_graph: bool = False) -> SampleResult:
+def sample(net: Network, coeffs: DeviceCoefficients, x_T: torch.Tensor, noise_fn: NoiseFn,
+           options: ChainOptions = ChainOptions()) -> SampleResult:
     """Run the reverse chain from ``x_T`` (B, C, H, W).
 
     ``noise_fn(k, like)`` returns the z of step k (callers use a seeded generator; tests pass
     fixed noise); it is not called for the last step, nor, for the multistep solvers, where
-    σ_k = 0 (every step of the ODE solvers dpmpp-2m/3m). ``guidance`` w applies classifier-free
-    guidance ε_u + w(ε_c − ε_u) with both passes in one batched call (needs ``y``).
-    ``num_snapshots`` records that many x_t along the chain (evenly spaced, the first being x_T)
-    plus the final image. ``autocast_dtype`` (e.g. torch.bfloat16) runs the network under
-    autocast; the update stays in x_T's dtype. ``cuda_graph`` (CUDA tensors only) replays one
-    captured step instead of launching its kernels one by one; the images are the same (one-step
-    samplers only). A multistep table (DPM-Solver++) carries the last two clipped x̂0 from step
-    to step: the same loop, with the history the core's C and D columns weigh.
+    σ_k = 0 (every step of the ODE solvers dpmpp-2m/3m). ``options.guidance`` w applies
+    classifier-free guidance ε_u + w(ε_c − ε_u) with both passes in one batched call (needs
+    ``options.y``). ``options.num_snapshots`` records that many x_t along the chain (evenly
+    spaced, the first being x_T) plus the final image. The network runs under
+    ``net.autocast_dtype``; the update stays in x_T's dtype. ``options.cuda_graph`` (CUDA tensors
+    only) replays one captured step instead of launching its kernels one by one; the images are
+    the same (one-step samplers only). A multistep table (DPM-Solver++) carries the last two
+    clipped x̂0 from step to step: the same loop, with the history the core's C and D columns weigh.
     """
+    cuda_graph, num_snapshots = options.cuda_graph, options.num_snapshots
     if cuda_graph and x_T.device.type != "cuda":
         raise ValueError(f"cuda_graph=True needs CUDA tensors, got x_T on {x_T.device}")
     multistep = coeffs.history_length > 0
@@ -214,7 +185,7 @@ def sample(model: nn.Module, diffusion: Diffusion, coeffs: DeviceCoefficients, x
     if num_snapshots:
         record = {round(i * num_steps / num_snapshots) for i in range(num_snapshots)}
     snaps, snap_t = [], []
-    step = step_function(model, diffusion, coeffs, x_T.dtype, y, guidance, clip_x0, autocast_dtype)
+    step = step_function(net, coeffs, x_T.dtype, options)
     if cuda_graph:
         step = _CudaGraphStep(step, x_T)
     ks = torch.arange(num_steps, device=x_T.device)  # ks[k:k+1] indexes step k without a copy

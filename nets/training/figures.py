@@ -13,7 +13,7 @@ import torch
 from nets import figures
 from nets.diffusion import Diffusion
 from nets.pixels import IMAGE_SHAPE, NUM_CLASSES, images_to_uint8
-from nets.sampling import DeviceCoefficients, make_coefficients, sample
+from nets.sampling import ChainOptions, DeviceCoefficients, Network, make_coefficients, sample
 from nets.training.config import TrainConfig
 from nets.training.metrics_log import METRICS_FILE, read_metrics
 from nets.unet import UNet
@@ -43,9 +43,9 @@ def make_figures(cfg: TrainConfig, run_dir: Path, ema: UNet, diffusion: Diffusio
         y = torch.arange(cfg.num_samples, device=device) % NUM_CLASSES
     ema.eval()
     t0 = time.perf_counter()
-    result = sample(ema, diffusion, coeffs, x_T,
+    result = sample(Network(ema, diffusion, amp_dtype), coeffs, x_T,
                     lambda k, like: torch.randn(like.shape, generator=gen, device=device),
-                    y=y, num_snapshots=REVERSE_SNAPSHOTS, autocast_dtype=amp_dtype)
+                    ChainOptions(y=y, num_snapshots=REVERSE_SNAPSHOTS))
     print(f"sampled {cfg.num_samples} digits ({coeffs.num_steps} DDPM steps) in "
           f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
     figures.save_grid(images_to_uint8(result.images), run_dir / "samples.png")

@@ -1,6 +1,6 @@
-"""Train the evaluation classifier: ``python -m nets.classifier``.
+"""Train the evaluation classifier: ``python -m nets.train_classifier``.
 
-``python -m nets.classifier --data-dir DIR --split SPLIT --out PATH`` trains the MNIST CNN of
+``python -m nets.train_classifier --data-dir DIR --split SPLIT --out PATH`` trains the MNIST CNN of
 ``nets.evaluation.classifier`` on a seeded random part of the split, measures its accuracy on the
 rest (held out), and saves it only if that accuracy reaches ``--min-accuracy`` (0.97). Its
 features are the space of ``nets.evaluate``'s Fréchet distance.
@@ -15,13 +15,14 @@ from nets import cli
 from nets.evaluation.classifier import (
     CLASSIFIER_ENV,
     ClassifierError,
+    ClassifierTraining,
     default_classifier_path,
     train_and_save,
 )
 
 
 def build_parser() -> cli.Parser:
-    p = cli.Parser(prog="python -m nets.classifier", description=__doc__.splitlines()[0])
+    p = cli.Parser(prog="python -m nets.train_classifier", description=__doc__.splitlines()[0])
     cli.add_data_dir(p)
     p.add_argument("--split", choices=["train", "test"], default="test",
                    help="MNIST split to train and hold out from")
@@ -45,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or default_classifier_path()
     arrays = cli.mnist_or_exit(args.data_dir, args.split, args.limit)
     try:
-        train_and_save(arrays.images, arrays.labels, out, holdout=args.holdout, epochs=args.epochs,
-                       seed=args.seed, min_accuracy=args.min_accuracy, device=device,
+        training = ClassifierTraining(args.holdout, args.epochs, args.seed, args.min_accuracy)
+        train_and_save(arrays.images, arrays.labels, out, training, device,
                        source=f"MNIST {args.split}" + (f"[:{args.limit}]" if args.limit else ""))
     except ClassifierError as err:
         cli.fail(str(err), code=1)

@@ -1,0 +1,152 @@
+"""Scoring generated digits: the fixed parts of an evaluation (the real split, the classifier
+and its features of the real digits) built once as a :class:`Judge`, then any number of sample
+sets scored against it with :func:`score_samples`: against exactly the digits the model never
+trained on where its checkpoint records them, the real-vs-real floor at the same n beside them,
+memorisation, and optionally the NLL of real digits. ``nets.evaluate`` and
+``Pipeline.evaluate`` are its two callers.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nets.checkpoint import LoadedModel
+from nets.data import MNIST_ERRORS, MnistArrays, load_mnist
+from nets.evaluation import classifier as clf
+from nets.evaluation.nll import DEFAULT_NLL_IMAGES, nll_bits_per_dim
+from nets.evaluation.protocol import evaluate_samples, training_images_of
+from nets.evaluation.samples import SamplesError, check_arrays
+
+
+class ClassifierMissing(ValueError):
+    """The classifier file is missing and training it was not allowed; ``command`` trains it."""
+
+    def __init__(self, path: Path, command: str):
+        super().__init__(f"{path} not found; train it with: {command}")
+        self.command = command
+
+
+@dataclass(frozen=True)
+class Judge:
+    """What every score is measured with: MNIST ``split`` of ``data_dir``, the classifier and
+    its 128-d features of those real digits."""
+
+    split: str
+    data_dir: str | None
+    real: MnistArrays
+    classifier: clf.MnistClassifier
+    classifier_path: Path
+    classifier_info: dict
+    real_features: np.ndarray  # (N, 128) of real.images
+    device: torch.device
+
+    def images_of(self, split: str) -> np.ndarray:
+        """Another split's images (a model trained on the other one); MNIST errors as raised."""
+        return self.real.images if split == self.split else load_mnist(self.data_dir, split).images
+
+
+def classifier_command(split: str, path: Path, data_dir: str | os.PathLike | None) -> str:
+    """The command line that trains the classifier ``path`` on ``split``."""
+    return (f"python -m nets.train_classifier --split {split} --out {path}"
+            + (f" --data-dir {data_dir}" if data_dir else ""))
+
+
+def make_judge(data_dir: str | os.PathLike | None = None, split: str = "test",
+               classifier: str | os.PathLike | None = None, train_missing: bool = True,
+               device: torch.device | str = "cpu") -> Judge:
+    """The real split and the classifier (``classifier`` path, default $DDPM_CLASSIFIER or
+    ~/.cache/ddpm/classifier.pt), trained and saved on the split first when missing (about a
+    minute on a CPU) unless ``train_missing`` is False (then ClassifierMissing).
+
+    Raises the MNIST errors of :func:`nets.data.load_mnist`, ClassifierError and OSError.
+    """
+    device = torch.device(device)
+    real = load_mnist(data_dir, split)
+    path = Path(classifier) if classifier is not None else clf.default_classifier_path()
+    if not path.exists():
+        command = classifier_command(split, path, data_dir)
+        if not train_missing:
+            raise ClassifierMissing(path, command)
+        print(f"classifier not found at {path}: training it on MNIST {split} ({len(real.images)} "
+              f"images; the same as `{command}`)", file=sys.stderr)
+        clf.train_and_save(real.images, real.labels, path, device=device, source=f"MNIST {split}")
+    model, info = clf.load_classifier(path, device)
+    features = clf.classify(model, real.images, device=device).features
+    return Judge(split, None if data_dir is None else str(data_dir), real, model, path, info, features,
+                 device)
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """``seed`` of the subsets and NLL noise; without a checkpoint, ``train_images``: the model
+    trained on the first N of the split (None: all of it); with one, ``nll_images`` real digits
+    for the bits/dim (0: none; T network calls per batch of ``nll_batch_size``)."""
+
+    seed: int = 0
+    train_images: int | None = None
+    nll_images: int = 0
+    nll_batch_size: int = 64
+
+    def __post_init__(self):
+        if self.nll_images < 0 or self.nll_batch_size < 1:
+            raise ValueError(f"nll_images must be >= 0 and nll_batch_size >= 1, got "
+                             f"{self.nll_images}, {self.nll_batch_size}")
+
+
+def score_samples(judge: Judge, samples: np.ndarray, labels: np.ndarray | None = None,
+                  model: LoadedModel | None = None, options: ScoreOptions = ScoreOptions()) -> dict:
+    """The report of uint8 ``samples`` (N ≥ 2, 28, 28) (``labels``: the digits they were asked
+    for): metrics against the real digits, the floor, memorisation against the model's training
+    images, and (``model`` given, ``options.nll_images`` > 0) the NLL of real digits.
+
+    With ``model`` its config says which digits it trained on; where it trained on this split
+    and held some out, the samples are compared with exactly those. ValueError when the config's
+    --limit/--holdout do not fit the split; MNIST errors when its other split is missing.
+    """
+    _check_samples(samples, labels)
+    train, held_out, described = training_images_of(
+        judge.real.images, judge.split, judge.images_of,
+        model.config if model is not None else None, options.train_images)
+    reference, features = judge.real.images, judge.real_features
+    which = f"all of MNIST {judge.split}"
+    if model is not None and model.config.get("split", judge.split) == judge.split and len(held_out) >= 2:
+        reference, which = held_out, f"the {len(held_out)} images of MNIST {judge.split} it never trained on"
+        features = clf.classify(judge.classifier, held_out, device=judge.device).features
+    report = evaluate_samples(samples, labels, reference, features, judge.classifier, train, held_out,
+                              options.seed, judge.device)
+    report = {"real": {"split": judge.split, "count": len(reference), "reference": which}, **report}
+    report["memorisation"]["training_images"] = described
+    if model is not None and options.nll_images:
+        report["nll"] = _nll(model, train, held_out, options, judge.device)
+    report["classifier"] = {"path": str(judge.classifier_path), **judge.classifier_info}
+    return report
+
+
+def _nll(model: LoadedModel, train: np.ndarray, held_out: np.ndarray, options: ScoreOptions,
+         device: torch.device) -> dict:
+    """Bits/dim of held-out real images (training images when too few are held out)."""
+    source, which = (held_out, "held-out") if len(held_out) >= options.nll_images else (train, "training")
+    n = min(options.nll_images, len(source))
+    print(f"NLL on {n} {which} images: {model.diffusion.num_timesteps} model calls per batch of "
+          f"{options.nll_batch_size}", file=sys.stderr)
+    nll = nll_bits_per_dim(model.model, model.diffusion, source[:n], options.nll_batch_size,
+                           options.seed, device, progress=True)
+    return {**asdict(nll), "which": which, "checkpoint": str(model.path), "weights": model.weights,
+            "timesteps": model.diffusion.num_timesteps}
+
+
+def _check_samples(samples: np.ndarray, labels: np.ndarray | None) -> None:
+    try:
+        check_arrays("samples", np.asarray(samples), None if labels is None else np.asarray(labels))
+    except SamplesError as err:
+        raise ValueError(str(err)) from None
+
+
+__all__ = ["DEFAULT_NLL_IMAGES", "MNIST_ERRORS", "ClassifierMissing", "Judge", "ScoreOptions",
+           "classifier_command", "make_judge", "score_samples"]

@@ -1,0 +1,204 @@
+"""The bundles a sampling call takes, each a frozen dataclass that checks itself once.
+
+    Network          the U-Net (or a guided wrapper), its diffusion tables and its arithmetic
+    SamplerSettings  which reverse process over which steps: picks the core's step table
+    Conditioning     the labels a conditional model is asked for, and classifier-free guidance
+    SampleOptions    how N digits are produced: batch size, clipping, CUDA graphs, progress,
+                     the reverse-diffusion trajectory
+    ChainOptions     the same for one batch through the chain (its labels as a tensor)
+
+A bad value is a ``ValueError`` that names it, raised when the bundle is built, so the loops
+below never branch on an unchecked option.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import get_args
+
+import numpy as np
+import torch
+from torch import nn
+
+import diffusion_core as core
+from nets.diffusion import Diffusion
+from nets.pixels import NUM_CLASSES
+
+SAMPLERS = ("ddpm", "ddim", "dpmpp-2m", "dpmpp-3m", "sde-dpmpp-2m")
+MULTISTEP = {"dpmpp-2m": (2, False), "dpmpp-3m": (3, False), "sde-dpmpp-2m": (2, True)}  # order, SDE
+SPACINGS = (*get_args(core.Spacing), "logsnr")  # logsnr: uniform in λ (core.log_snr_timesteps)
+
+
+def min_steps(sampler: str) -> int:
+    """The fewest steps at which a solver uses its order once: its first step has no history and
+    its last step (into ᾱ = 1) is first order, so order p needs p + 1 steps."""
+    return MULTISTEP[sampler][0] + 1 if sampler in MULTISTEP else 1
+
+
+@dataclass(frozen=True)
+class Network:
+    """What every reverse loop calls: ``model(x_t, t[, y])`` with the tables of its diffusion, the
+    network run under autocast to ``autocast_dtype`` (None: fp32); updates stay in x's dtype."""
+
+    model: nn.Module
+    diffusion: Diffusion
+    autocast_dtype: torch.dtype | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.diffusion.device
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """A reverse process over ``steps`` of the T timesteps (None: all T; fewer respaces them,
+    chosen by ``spacing``). ``eta`` is DDIM's η (ddim only, None = 0); ``variance`` DDPM's σ²
+    (ddpm only, None = posterior β̃)."""
+
+    sampler: str = "ddpm"
+    steps: int | None = None
+    eta: float | None = None
+    variance: str | None = None
+    spacing: str = "trailing"
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler: {self.sampler!r} (expected one of {', '.join(SAMPLERS)})")
+        if self.spacing not in SPACINGS:
+            raise ValueError(f"unknown spacing: {self.spacing!r} (expected one of {', '.join(SPACINGS)})")
+        if self.steps is not None and (not isinstance(self.steps, int | np.integer) or self.steps < 1):
+            raise ValueError(f"steps must be a positive integer or None, got {self.steps!r}")
+        if self.sampler in MULTISTEP and self.steps is not None and self.steps < min_steps(self.sampler):
+            raise ValueError(f"{self.sampler} needs at least {min_steps(self.sampler)} steps (its first "
+                             f"step has no history and its last is first order), got {self.steps}")
+        if self.eta is not None:
+            if self.sampler != "ddim":
+                raise ValueError(f"eta applies to the ddim sampler only, not {self.sampler}")
+            if not 0.0 <= self.eta <= 1.0:
+                raise ValueError(f"eta must be in [0, 1], got {self.eta}")
+        if self.variance is not None:
+            if self.sampler != "ddpm":
+                raise ValueError(f"variance applies to the ddpm sampler only, not {self.sampler}")
+            if self.variance not in get_args(core.Variance):
+                raise ValueError(f"unknown variance: {self.variance!r} (expected one of "
+                                 f"{', '.join(get_args(core.Variance))})")
+
+    @property
+    def multistep(self) -> bool:
+        return self.sampler in MULTISTEP
+
+    def table(self, schedule: core.DiffusionSchedule) -> core.ReverseCoefficients:
+        """The core's step table on ``schedule``; ValueError if ``steps`` exceeds its T."""
+        if self.steps is not None and self.steps > schedule.num_timesteps:
+            raise ValueError(f"steps {self.steps} exceeds the model's T = {schedule.num_timesteps}")
+        return make_coefficients(schedule, self.sampler, self.steps, eta=self.eta or 0.0,
+                                 variance=self.variance or "posterior", spacing=self.spacing)
+
+    def describe(self, num_steps: int) -> str:
+        """One line: the sampler, its steps, its own option, the spacing."""
+        detail = {"ddim": f", eta {self.eta or 0.0:g}",
+                  "ddpm": f", variance {self.variance or 'posterior'}"}.get(self.sampler, "")
+        return f"{self.sampler} {num_steps} steps{detail}, {self.spacing} spacing"
+
+    def record(self, num_steps: int) -> dict:
+        """The settings as saved beside the samples."""
+        return {"sampler": self.sampler, "steps": num_steps, "eta": self.eta or 0.0,
+                "variance": self.variance or "posterior", "spacing": self.spacing}
+
+
+def make_coefficients(schedule: core.DiffusionSchedule, sampler: str, steps: int | None = None,
+                      eta: float = 0.0, variance: str = "posterior",
+                      spacing: str = "trailing") -> core.ReverseCoefficients:
+    """The core's step tables for ``sampler`` (one of SAMPLERS) over ``steps`` (None = all T)."""
+    timesteps = None
+    if spacing == "logsnr":
+        timesteps = core.log_snr_timesteps(schedule, steps or schedule.num_timesteps)
+    elif steps is not None and steps != schedule.num_timesteps:
+        timesteps = core.select_timesteps(schedule.num_timesteps, steps, spacing)
+    if sampler == "ddpm":
+        return core.ddpm_coefficients(schedule, timesteps, variance=variance)
+    if sampler == "ddim":
+        return core.ddim_coefficients(schedule, timesteps, eta=eta)
+    if sampler in MULTISTEP:
+        order, stochastic = MULTISTEP[sampler]
+        return core.dpmpp_coefficients(schedule, timesteps, order=order, stochastic=stochastic)
+    raise ValueError(f"unknown sampler: {sampler!r} (expected one of {', '.join(SAMPLERS)})")
+
+
+def _check_guidance(guidance: float | None) -> None:
+    if guidance is not None and not math.isfinite(guidance):
+        raise ValueError(f"guidance must be a finite number, got {guidance}")
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """``labels`` (n,) int64 in 0..9 (or NUM_CLASSES, "no label") for a conditional model, None
+    for an unconditional one; ``guidance`` w of classifier-free guidance ε_u + w(ε_c − ε_u)
+    (None or 1: the plain conditional model)."""
+
+    labels: np.ndarray | None = None
+    guidance: float | None = None
+
+    def __post_init__(self):
+        _check_guidance(self.guidance)
+        if self.guidance is not None and self.labels is None:
+            raise ValueError("guidance needs labels (an unconditional model has no guidance to give)")
+        if self.labels is not None:
+            labels = np.asarray(self.labels)
+            if labels.ndim != 1 or labels.dtype.kind not in "iu":
+                raise ValueError(f"labels must be a 1-D integer array, got {labels.dtype} {labels.shape}")
+            if len(labels) and (labels.min() < 0 or labels.max() > NUM_CLASSES):
+                raise ValueError(f"labels must be digits 0-{NUM_CLASSES - 1} (or {NUM_CLASSES}: no "
+                                 f"label), got values {labels.min()}..{labels.max()}")
+            labels = labels.astype(np.int64)
+            labels.setflags(write=False)
+            object.__setattr__(self, "labels", labels)
+
+    @property
+    def cfg_weight(self) -> float | None:
+        """w where it changes the output (None for w = 1 or no guidance): one pass, not two."""
+        return None if self.guidance in (None, 1.0) else float(self.guidance)
+
+    def batch(self, start: int, stop: int, device: torch.device) -> torch.Tensor | None:
+        """The labels of images ``start:stop`` as a device tensor (None: unconditional)."""
+        if self.labels is None:
+            return None
+        return torch.tensor(self.labels[start:stop], dtype=torch.long, device=device)  # copied: read-only
+
+
+@dataclass(frozen=True)
+class ChainOptions:
+    """One batch through the chain: its labels ``y`` (B,) or (1,) broadcast, CFG ``guidance``,
+    x̂0 clipped to [-1, 1], ``num_snapshots`` x_t recorded along the way, ``cuda_graph``
+    replaying one captured step (one-step samplers on CUDA only)."""
+
+    y: torch.Tensor | None = None
+    guidance: float | None = None
+    clip_x0: bool = True
+    num_snapshots: int = 0
+    cuda_graph: bool = False
+
+    def __post_init__(self):
+        _check_guidance(self.guidance)
+        if self.guidance is not None and self.y is None:
+            raise ValueError("guidance needs labels y")
+        if self.num_snapshots < 0:
+            raise ValueError(f"num_snapshots must be >= 0, got {self.num_snapshots}")
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """How N digits are produced: ``batch_size`` at a time, x̂0 clipped, CUDA graphs, a progress
+    line, and the first batch's reverse-diffusion ``trajectory``. None of these changes the
+    images but ``batch_size`` (the noise is drawn batch after batch) and ``clip_x0``."""
+
+    batch_size: int = 256
+    clip_x0: bool = True
+    cuda_graph: bool = False
+    progress: bool = False
+    trajectory: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.batch_size, int | np.integer) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
