@@ -39,7 +39,7 @@ from nets import cli
 from nets.diffusion import Diffusion
 from nets.pixels import to_training_tensor
 from nets.training.config import TrainConfig, lr_at, total_steps
-from nets.training.step import Batch, draw_batch, epoch_permutation, train_step
+from nets.training.step import Batch, Learner, draw_batch, epoch_permutation, train_step
 
 DEFAULTS = {"batch_sizes": [64, 128], "precision": ["fp32", "auto"], "repeats": 5, "warmup": 2, "steps": 3}
 INPUT_BATCHES_PER_STEP = 20  # input-pipeline timings run this many batches per timed step
@@ -72,6 +72,8 @@ class ProjectTrainStep:
                                            fused=device.type == "cuda")
         self.gen = torch.Generator(device=device).manual_seed(seed)
         self.forward = torch.compile(self.model) if compile else self.model
+        self.learner = Learner(self.forward, self.model, self.ema, self.optimizer, self.diffusion,
+                               autocast_dtype)
         self.loss_buf = torch.zeros(self.cfg.log_every, device=device)
         self.steps_per_epoch = len(self.data) // batch_size
         self.step, self.perm = 0, None
@@ -87,8 +89,7 @@ class ProjectTrainStep:
 
     def __call__(self) -> None:
         lr = lr_at(self.step, self.cfg, total_steps(self.cfg, self.steps_per_epoch))
-        loss = train_step(self.forward, self.model, self.ema, self.optimizer, self.diffusion,
-                          self.batch(), self.step, lr, self.cfg, self.autocast_dtype)
+        loss = train_step(self.learner, self.batch(), self.step, lr, self.cfg)
         self.loss_buf[self.step % self.cfg.log_every] = loss
         self.step += 1
 

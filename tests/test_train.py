@@ -16,7 +16,8 @@ from nets import train
 from nets.checkpoint import load_checkpoint, save_checkpoint
 from nets.diffusion import Diffusion
 from nets.training.config import TrainConfig, ema_decay_at, lr_at
-from nets.training.step import draw_batch, epoch_permutation, memory_format_for, train_step
+from nets.training.flags import config_from_args
+from nets.training.step import Learner, draw_batch, epoch_permutation, memory_format_for, train_step
 from nets.unet import UNet, UNetConfig
 
 TINY_MODEL = ["--base-channels", "8", "--channel-mults", "1,2", "--timesteps", "50"]
@@ -209,7 +210,7 @@ def test_train_step_returns_the_batch_loss_and_moves_weights_and_ema(amp_dtype):
     before = [p.detach().clone() for p in model.parameters()]
     with torch.no_grad():
         expected = diffusion.loss(model, batch.x0, batch.t, batch.noise).item()
-    loss = train_step(model, model, ema, opt, diffusion, batch, 0, cfg.lr, cfg, amp_dtype)
+    loss = train_step(Learner(model, model, ema, opt, diffusion, amp_dtype), batch, 0, cfg.lr, cfg)
     assert not loss.requires_grad and loss.dtype == torch.float32
     # bf16 rounds the network's arithmetic to 8 bits of mantissa: the loss to ~1 %
     assert loss.item() == pytest.approx(expected, rel=1e-6 if amp_dtype is None else 3e-2)
@@ -321,7 +322,7 @@ def test_attention_resolutions_put_attention_where_asked(tmp_path, flag, attenti
     # mults 1,2 → sizes 28 and 14; one res block per level: 1 down and 2 up blocks per size carry it,
     # and the bottleneck always has one
     from nets.unet import AttentionBlock
-    cfg = train.config_from_args(["--attention-resolutions", flag, *TINY_MODEL])[0]
+    cfg = config_from_args(["--attention-resolutions", flag, *TINY_MODEL])[0]
     model = UNet(UNetConfig.from_dict(cfg.unet))
     assert sum(isinstance(m, AttentionBlock) for m in model.modules()) == attention_blocks
 

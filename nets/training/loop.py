@@ -150,7 +150,7 @@ def train_loop(run: TrainingRun, data: TrainingData) -> LoopEnd:
     progress = Progress("step", data.total_steps, run.step, unit_scale=data.global_batch,
                         time_limit=time_limit, enabled=world.is_main)
     log, rows_of_rank = LossLog(run, data), world.shard(data.global_batch)
-    t_start, perm = time.perf_counter(), None
+    t_start, perm, learner = time.perf_counter(), None, run.learner
     try:
         with caught_signals() as signals:
             while run.step < data.total_steps:
@@ -160,8 +160,7 @@ def train_loop(run: TrainingRun, data: TrainingData) -> LoopEnd:
                 idx = perm[pos * data.global_batch:(pos + 1) * data.global_batch]
                 batch = draw_batch(data.images, data.labels, idx, rows_of_rank, run.gen, cfg)
                 lr = lr_at(run.step, cfg, data.total_steps)
-                log.add(run.step, train_step(run.forward, run.model, run.ema, run.optimizer,
-                                             run.diffusion, batch, run.step, lr, cfg, run.amp_dtype))
+                log.add(run.step, train_step(learner, batch, run.step, lr, cfg))
                 run.step += 1
                 signum = signals.caught  # read once: a signal landing after this waits one more step
                 timed_out = time_limit is not None and time.perf_counter() - t_start > time_limit

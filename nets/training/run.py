@@ -15,7 +15,7 @@ from nets.diffusion import Diffusion, make_schedule
 from nets.pixels import to_training_tensor
 from nets.training.config import TrainConfig, total_steps
 from nets.training.distributed import World
-from nets.training.step import memory_format_for
+from nets.training.step import Learner, memory_format_for
 from nets.unet import UNet, UNetConfig
 
 
@@ -68,6 +68,11 @@ class TrainingRun:
     memory_format: torch.memory_format
     step: int = 0
     class_counts: list[int] | None = None  # training images per digit: nets.sample --digit frequencies
+
+    @property
+    def learner(self) -> Learner:
+        """What the next optimizer step uses: ``forward`` as wrapped by :func:`wrap_for_training`."""
+        return Learner(self.forward, self.model, self.ema, self.optimizer, self.diffusion, self.amp_dtype)
 
     def checkpoint_state(self) -> dict:
         return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),

@@ -7,6 +7,7 @@ the loss comes back as a device tensor, read by the loop only at log steps.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -57,25 +58,38 @@ def draw_batch(data: torch.Tensor, targets: torch.Tensor, idx: torch.Tensor, row
     return Batch(x0, t, noise, y)
 
 
-def train_step(forward: Callable, model: torch.nn.Module, ema: torch.nn.Module,
-               optimizer: torch.optim.Optimizer, diffusion: Diffusion, batch: Batch, step: int,
-               lr: float, cfg: TrainConfig, amp_dtype: torch.dtype | None) -> torch.Tensor:
-    """One optimizer step at learning rate ``lr``: loss (network under autocast), AdamW with
-    clipping, EMA.
+@dataclass(frozen=True)
+class Learner:
+    """What one optimizer step uses and changes: the weights (called through ``forward``: the
+    model, or it wrapped by DDP / torch.compile), their EMA, AdamW, the diffusion's loss, and
+    the autocast dtype of the network (None: fp32)."""
 
-    ``forward`` is ``model`` or a wrapper of it (DDP, torch.compile). Returns the loss as a
-    device tensor: reading it is the caller's choice, so the step itself never syncs.
+    forward: Callable
+    model: torch.nn.Module
+    ema: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    diffusion: Diffusion
+    amp_dtype: torch.dtype | None = None
+
+
+def train_step(learner: Learner, batch: Batch, step: int, lr: float, cfg: TrainConfig) -> torch.Tensor:
+    """Optimizer step ``step`` (0-based) at learning rate ``lr``: loss (network under autocast),
+    AdamW with clipping to ``cfg.grad_clip``, EMA at ``ema_decay_at(step, cfg)``.
+
+    Returns the loss as a device tensor: reading it is the caller's choice, so the step itself
+    never syncs.
     """
+    model, optimizer, amp_dtype = learner.model, learner.optimizer, learner.amp_dtype
     for group in optimizer.param_groups:
         group["lr"] = lr
     with torch.autocast(batch.x0.device.type, dtype=amp_dtype or torch.bfloat16,
                         enabled=amp_dtype is not None):
-        loss = diffusion.loss(forward, batch.x0, batch.t, batch.noise, batch.y)
+        loss = learner.diffusion.loss(learner.forward, batch.x0, batch.t, batch.noise, batch.y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     optimizer.step()
     with torch.no_grad():
-        torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()),
+        torch._foreach_lerp_(list(learner.ema.parameters()), list(model.parameters()),
                              1.0 - ema_decay_at(step, cfg))
     return loss.detach()
