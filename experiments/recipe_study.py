@@ -1,10 +1,10 @@
 """The equal-budget recipe study (docs/results.md "Recipe study", issue 13).
 
 Usage:
-    python docs/plots/recipe_study.py OUT_DIR --data-dir DIR --classifier PATH \
+    python experiments/recipe_study.py OUT_DIR --data-dir DIR --classifier PATH \
         --minutes 5 --threads 1 --workers 2 ARM [ARM ...]
-    python docs/plots/recipe_study.py OUT_DIR ARM --at-step 4000   # its checkpoint-004000.pt
-    python docs/plots/recipe_study.py OUT_DIR --report    # table, plot and grids of what is done
+    python experiments/recipe_study.py OUT_DIR ARM --at-step 4000   # its checkpoint-004000.pt
+    python experiments/recipe_study.py OUT_DIR --report    # table, plot and grids of what is done
 
 Each arm is one ``python -m nets.train`` on MNIST test[:5000] (``--split test --holdout 5000``)
 for a fixed wall-clock budget, then 1,000 digits from ``python -m nets.sample`` (seed 0,
@@ -29,6 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from nets.figures import save_digit_rows  # noqa: E402
+from nets.files import write_json_atomic  # noqa: E402
 
 ARMS = {  # name: nets.train flags on top of the defaults
     "baseline": [],
@@ -84,7 +85,7 @@ def run_arm(name, args):
     log = args.out_dir / f"{name}.log"
     keep = ["--keep-checkpoints", "--checkpoint-every", args.keep_every] if args.keep_every else []
     if not (run_dir / "checkpoint.pt").exists():
-        run(["nets.train", "--data-dir", args.data_dir, "--split", "test", "--holdout", "5000",
+        run(["nets.train", "--data-dir", args.data_dir, "--split", "test", "--holdout", args.holdout,
              "--epochs", "100000", "--max-minutes", args.minutes, "--no-figures",
              "--run-dir", run_dir, *parse_arm(name), *keep], env, log)
     conditional = json.loads((run_dir / "config.json").read_text())["conditional"]
@@ -101,7 +102,7 @@ def run_arm(name, args):
     for suffix, extra in variants:
         npz = run_dir / f"samples{at}{suffix}.npz"
         if not npz.exists():
-            run(["nets.sample", "--checkpoint", checkpoint, "--n", 1000, *SAMPLER, "--seed", 0,
+            run(["nets.sample", "--checkpoint", checkpoint, "--n", args.n, *SAMPLER, "--seed", 0,
                  "--batch-size", 250, "--no-progress", "--out", npz, *guidance, *extra], env, log)
         report = npz.with_name(f"{npz.stem}.eval.json")
         if not report.exists():
@@ -142,7 +143,7 @@ def row(run_dir, report):
 
 def report(out_dir):
     rows = [row(report.parent, report) for report in sorted(out_dir.glob("*/*.eval.json"))]
-    (out_dir / "study.json").write_text(json.dumps(rows, indent=1) + "\n")
+    write_json_atomic(out_dir / "study.json", rows)
     for r in sorted(rows, key=lambda r: r["fd"]):
         print(f"{r['arm']:28s} {r['sampling']:50s} steps {r['steps']:5d}  FD {r['fd']:7.1f}  "
               f"recognised {100 * r['recognised']:5.1f}%  entropy {r['class_entropy']:.3f}  "
@@ -194,6 +195,9 @@ def main() -> None:
     p.add_argument("--data-dir")
     p.add_argument("--classifier", type=Path)
     p.add_argument("--minutes", type=float, default=5)
+    p.add_argument("--n", type=int, default=1000, help="samples scored per arm")
+    p.add_argument("--holdout", type=int, default=5000,
+                   help="the last N test digits, never trained on: what the samples are scored against")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--guidance", type=float, default=2.0, help="conditional arms: guidance w")

@@ -1,7 +1,7 @@
 """Quality against network calls for every sampler on one checkpoint (docs/results.md, issue 14).
 
 Usage:
-    python docs/plots/solver_sweep.py RUN_DIR OUT_DIR --data-dir DIR [--classifier PATH] [--n 1000]
+    python experiments/solver_sweep.py RUN_DIR OUT_DIR --data-dir DIR [--classifier PATH] [--n 1000]
 
 For each (sampler, steps, spacing) of GRID it runs the product's own commands,
 ``python -m nets.sample`` (seed 0, 1,000 digits) then ``python -m nets.evaluate`` (the samples
@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from nets.figures import save_digit_rows  # noqa: E402
+from nets.files import write_json_atomic  # noqa: E402
 
 GRID = {  # sampler: (spacing, network calls)
     "ddim": ("trailing", [5, 10, 20, 50]),
@@ -47,9 +48,12 @@ def main() -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--classifier", type=Path)
     p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--only", help="instead of GRID: SAMPLER:SPACING:STEPS,... (e.g. ddim:trailing:10)")
     args = p.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     settings = [(s, sp, k) for s, (sp, ks) in GRID.items() for k in ks] + EXTRA
+    if args.only:
+        settings = [(s, sp, int(k)) for s, sp, k in (item.split(":") for item in args.only.split(","))]
     rows = []
     for sampler, spacing, steps in settings:
         npz = args.out_dir / f"{sampler}-{spacing}-{steps}.npz"
@@ -71,7 +75,7 @@ def main() -> None:
                      "floor_fd": r["real_floor"]["frechet_distance"],
                      "floor_recognised": r["real_floor"]["confident_fraction"],
                      "images_per_second": r["samples"].get("images_per_second")})
-    (args.out_dir / "sweep.json").write_text(json.dumps(rows, indent=1) + "\n")
+    write_json_atomic(args.out_dir / "sweep.json", rows)
     plot(rows, args.out_dir / "solver_quality.png")
     grids(settings, args.out_dir, args.out_dir / "solver_grids.png")
 
@@ -99,6 +103,8 @@ def plot(rows, path):
 
 
 def grids(settings, out_dir, path, calls=10, per_row=20):
+    if calls not in [k for _, _, k in settings]:  # a shorter sweep: its fewest calls
+        calls = min(k for _, _, k in settings)
     labelled = []
     for sampler, spacing, steps in settings:
         if steps == calls:

@@ -1,0 +1,80 @@
+"""Smoke tests of the experiment runners in experiments/: each runs end to end at a tiny budget
+(seconds of training, a dozen samples, a weak classifier) and writes the results it promises.
+The numbers are meaningless at this budget; what is checked is that the runner still works with
+today's commands and API, so the studies in docs/ stay reproducible."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+from test_sample import tiny_model
+
+from nets.checkpoint import save_checkpoint
+from nets.data import load_mnist
+from nets.evaluation import classifier as clf
+from nets.training.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def weak_classifier(tmp_path_factory, mnist):
+    """One epoch on 2,000 digits: enough to run the evaluation, not to trust it."""
+    data = load_mnist(mnist, "test")
+    path = tmp_path_factory.mktemp("classifier") / "classifier.pt"
+    clf.train_and_save(data.images[:2000], data.labels[:2000], path,
+                       clf.ClassifierTraining(epochs=1, min_accuracy=0.0), source="test[:2000]")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A run directory of an untrained tiny conditional model (T = 20) that trained on test[:1000]."""
+    run = tmp_path_factory.mktemp("run")
+    model = tiny_model(10)
+    cfg = TrainConfig(timesteps=20, unet=model.config.to_dict(), conditional=True, split="test", holdout=9000)
+    save_checkpoint({"model": model.state_dict(), "ema": model.state_dict(), "optimizer": {}, "step": 1,
+                     "config": asdict(cfg), "class_counts": [100] * 10}, run / "checkpoint.pt")
+    return run
+
+
+def run_experiment(script, *args, timeout=600):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / script), *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_recipe_study_runs_one_arm_at_a_tiny_budget(tmp_path, mnist, weak_classifier):
+    out = tmp_path / "study"
+    run_experiment("recipe_study.py", out, "baseline", "--data-dir", mnist, "--classifier", weak_classifier,
+                   "--minutes", "0.03", "--n", "12", "--holdout", "9000", "--threads", "1", "--workers", "1")
+    [row] = json.loads((out / "study.json").read_text())
+    assert row["arm"] == "baseline" and row["steps"] >= 1 and row["fd"] > 0
+    assert (out / "study_quality.png").exists() and (out / "study_grids.png").exists()
+
+
+@pytest.mark.slow
+def test_solver_sweep_runs_a_two_row_grid(tmp_path, mnist, weak_classifier, tiny_run):
+    out = tmp_path / "sweep"
+    run_experiment("solver_sweep.py", tiny_run, out, "--data-dir", mnist, "--classifier", weak_classifier,
+                   "--n", "10", "--only", "ddim:trailing:3,dpmpp-2m:logsnr:3")
+    rows = json.loads((out / "sweep.json").read_text())
+    assert [(r["sampler"], r["calls"]) for r in rows] == [("ddim", 3), ("dpmpp-2m", 3)]
+    assert (out / "solver_quality.png").exists() and (out / "solver_grids.png").exists()
+
+
+@pytest.mark.slow
+def test_editing_study_runs_through_the_python_api(tmp_path, mnist, weak_classifier, tiny_run):
+    out = tmp_path / "editing.json"
+    run_experiment("editing_study.py", tiny_run, out, "--data-dir", mnist, "--classifier", weak_classifier,
+                   "--first", "9990", "--digits", "2", "--n", "1", "--steps", "3", "--resample", "1",
+                   "--ks", "2,3", "--masks", "left")
+    result = json.loads(out.read_text())
+    assert set(result["round_trip"]) == {"2", "3"} and result["inpaint"]["left"]["completions"] == 2
