@@ -245,10 +245,13 @@ class Pipeline:
         """The report of uint8 ``images`` (N ≥ 2, 28, 28) against the real digits this model never
         trained on (its checkpoint records them), the real-vs-real floor at the same n beside
         them: Fréchet distance, recognised share, memorisation (``nets.evaluation.scoring``).
-        ``judge`` (from :func:`nets.evaluation.scoring.make_judge`) is reused across calls;
-        without one it is made on the model's training split of ``data_dir``."""
+        The real digits are MNIST test of ``data_dir`` (default: $DDPM_DATA_DIR or the download
+        cache): its held-out rows for a model trained on test with --holdout, all of it for a
+        model trained on train. ``judge`` (:func:`nets.evaluation.scoring.make_judge`; it holds
+        the classifier, $DDPM_CLASSIFIER or ~/.cache/ddpm/classifier.pt, trained first if
+        missing) is reused across calls."""
         if judge is None:
-            judge = make_judge(data_dir, self.loaded.config.get("split", "test"), device=self.device)
+            judge = make_judge(data_dir, "test", device=self.device)
         return score_samples(judge, images, labels, self.loaded, options or ScoreOptions())
 
 

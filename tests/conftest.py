@@ -49,3 +49,17 @@ def mnist() -> str:
     if path is None:
         pytest.skip("real MNIST test split not found: set DDPM_MNIST_DIR")
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def weak_classifier(tmp_path_factory, mnist):
+    """An evaluation classifier of one epoch on 2,000 real digits: enough to run an evaluation end
+    to end in seconds, not to trust its numbers."""
+    from nets.data import load_mnist
+    from nets.evaluation import classifier as clf
+
+    data = load_mnist(mnist, "test")
+    path = tmp_path_factory.mktemp("classifier") / "classifier.pt"
+    clf.train_and_save(data.images[:2000], data.labels[:2000], path,
+                       clf.ClassifierTraining(epochs=1, min_accuracy=0.0), source="test[:2000]")
+    return path

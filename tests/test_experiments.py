@@ -14,21 +14,9 @@ import pytest
 from test_sample import tiny_model
 
 from nets.checkpoint import save_checkpoint
-from nets.data import load_mnist
-from nets.evaluation import classifier as clf
 from nets.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def weak_classifier(tmp_path_factory, mnist):
-    """One epoch on 2,000 digits: enough to run the evaluation, not to trust it."""
-    data = load_mnist(mnist, "test")
-    path = tmp_path_factory.mktemp("classifier") / "classifier.pt"
-    clf.train_and_save(data.images[:2000], data.labels[:2000], path,
-                       clf.ClassifierTraining(epochs=1, min_accuracy=0.0), source="test[:2000]")
-    return path
 
 
 @pytest.fixture(scope="module")
