@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from nets import evaluate, sample, train, train_classifier
+from nets import evaluate, sample, train_classifier
 from nets.checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
+from nets.training import flags as train_flags  # nets.train's parser
 
-COMMANDS = {"nets.train": train, "nets.sample": sample, "nets.evaluate": evaluate,
+COMMANDS = {"nets.train": train_flags, "nets.sample": sample, "nets.evaluate": evaluate,
             "nets.train_classifier": train_classifier}
 SHARED = ("--seed", "--device", "--data-dir", "--precision")
 
