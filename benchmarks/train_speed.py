@@ -38,7 +38,7 @@ from benchmarks.naive import NaiveTrainStep
 from nets import cli
 from nets.diffusion import Diffusion
 from nets.pixels import to_training_tensor
-from nets.training.config import TrainConfig, lr_at, total_steps
+from nets.training.config import TrainConfig, ema_decay_at, lr_at, total_steps
 from nets.training.step import Batch, Learner, draw_batch, epoch_permutation, train_step
 
 DEFAULTS = {"batch_sizes": [64, 128], "precision": ["fp32", "auto"], "repeats": 5, "warmup": 2, "steps": 3}
@@ -89,7 +89,8 @@ class ProjectTrainStep:
 
     def __call__(self) -> None:
         lr = lr_at(self.step, self.cfg, total_steps(self.cfg, self.steps_per_epoch))
-        loss = train_step(self.learner, self.batch(), self.step, lr, self.cfg)
+        decay = ema_decay_at(self.step, self.cfg)
+        loss = train_step(self.learner, self.batch(), lr, decay, self.cfg.grad_clip)
         self.loss_buf[self.step % self.cfg.log_every] = loss
         self.step += 1
 

@@ -27,10 +27,18 @@ from nets.editing.inpaint import InpaintSettings, inpaint
 from nets.editing.inversion import decode, interpolate, invert
 from nets.evaluation.scoring import Judge, ScoreOptions, make_judge, score_samples
 from nets.pixels import IMAGE_SHAPE, IMAGE_SIZE, NUM_CLASSES, images_to_uint8, to_training_tensor
-from nets.sampling.batches import Generated, class_labels, generate, labels_from_frequencies
-from nets.sampling.chain import DeviceCoefficients
+from nets.sampling.batches import Generated, generate
 from nets.sampling.guidance import AutoGuided, check_guide_matches
-from nets.sampling.settings import ChainOptions, Conditioning, Network, SampleOptions, SamplerSettings
+from nets.sampling.settings import (
+    ChainOptions,
+    Conditioning,
+    DeviceCoefficients,
+    Network,
+    SampleOptions,
+    SamplerSettings,
+    class_labels,
+    labels_from_frequencies,
+)
 
 DEFAULT_AUTOGUIDANCE = 2.0
 EDIT_STEPS = 50  # DDIM steps of inversion and decoding

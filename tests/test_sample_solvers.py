@@ -8,8 +8,15 @@ from test_sample import MU, GaussianEpsOracle, S, checkpoints, run_main, tiny_mo
 
 import diffusion_core as core
 from nets.diffusion import Diffusion
-from nets.sampling import DeviceCoefficients, make_coefficients, sample
-from nets.sampling import MULTISTEP, ChainOptions, Network, min_steps
+from nets.sampling import (
+    MULTISTEP,
+    ChainOptions,
+    DeviceCoefficients,
+    Network,
+    make_coefficients,
+    min_steps,
+    sample,
+)
 
 SCHEDULE = core.DiffusionSchedule.from_betas(core.linear_betas(1000))
 

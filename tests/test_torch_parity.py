@@ -75,3 +75,13 @@ def test_core_tables_stay_float64_on_the_device():
     assert diff.sqrt_alphas_cumprod.dtype == torch.float64
     np.testing.assert_array_equal(diff.sqrt_alphas_cumprod.numpy(),
                                   SCHEDULES["linear"].sqrt_alphas_cumprod)
+
+
+def test_the_step_table_is_k_by_9_as_the_chain_docstring_says():
+    """The chain's docstrings name the table's shape; this checks the shape they name."""
+    sched = core.DiffusionSchedule.from_betas(core.linear_betas(20))
+    for sampler in ("ddpm", "dpmpp-2m"):
+        dev = DeviceCoefficients(make_coefficients(sched, sampler, 7))
+        table = chain._step_table(dev, Diffusion(sched), torch.float32)
+        assert table.shape == (7, 9) and table.dtype == torch.float32
+    assert "(K, 9)" in chain.__doc__ and "(K, 9)" in chain._step_table.__doc__

@@ -19,8 +19,8 @@ import diffusion_core as core
 from nets.diffusion import Diffusion
 from nets.pixels import images_to_uint8, to_training_tensor
 from nets.progress import Progress
-from nets.sampling.chain import DeviceCoefficients, step_function
-from nets.sampling.settings import ChainOptions, Network
+from nets.sampling.chain import step_function
+from nets.sampling.settings import ChainOptions, DeviceCoefficients, Network
 
 
 @dataclass(frozen=True)

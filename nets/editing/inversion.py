@@ -7,8 +7,8 @@ import numpy as np
 import torch
 
 import diffusion_core as core
-from nets.sampling.chain import DeviceCoefficients, sample
-from nets.sampling.settings import ChainOptions, Network
+from nets.sampling.chain import sample
+from nets.sampling.settings import ChainOptions, DeviceCoefficients, Network
 
 
 def edit_timesteps(schedule: core.DiffusionSchedule, steps: int) -> np.ndarray:

@@ -73,7 +73,7 @@ def _read_archive(path: Path) -> tuple[np.ndarray, np.ndarray | None, dict]:
 def check_arrays(path: Path, images: np.ndarray, labels: np.ndarray | None) -> None:
     if images.dtype != np.uint8:
         raise SamplesError(f"{path}: 'images' must be uint8 (0 black, 255 white), got "
-                           f"{images.dtype} (nets.data.images_to_uint8 converts [-1, 1] floats)")
+                           f"{images.dtype} (nets.pixels.images_to_uint8 converts [-1, 1] floats)")
     if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         raise SamplesError(f"{path}: 'images' must have shape (N, 28, 28), got {images.shape}")
     if len(images) < 2:

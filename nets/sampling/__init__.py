@@ -4,17 +4,20 @@ they are written to (``outputs``). The command is ``nets/sample.py``; the short 
 Python is :func:`nets.load`.
 """
 
-from nets.sampling.batches import Generated, class_labels, generate, labels_from_frequencies
-from nets.sampling.chain import DeviceCoefficients, NoiseFn, SampleResult, sample, step_function
+from nets.sampling.batches import Generated, generate
+from nets.sampling.chain import NoiseFn, SampleResult, sample, step_function
 from nets.sampling.settings import (
     MULTISTEP,
     SAMPLERS,
     SPACINGS,
     ChainOptions,
     Conditioning,
+    DeviceCoefficients,
     Network,
     SampleOptions,
     SamplerSettings,
+    class_labels,
+    labels_from_frequencies,
     make_coefficients,
     min_steps,
 )

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from nets.pixels import IMAGE_SHAPE, NUM_CLASSES, images_to_uint8, to_training_tensor
+from nets.pixels import IMAGE_SHAPE, images_to_uint8, to_training_tensor
 from nets.progress import Progress
-from nets.sampling.chain import DeviceCoefficients, sample
-from nets.sampling.settings import ChainOptions, Conditioning, Network, SampleOptions
+from nets.sampling.chain import sample
+from nets.sampling.settings import ChainOptions, Conditioning, DeviceCoefficients, Network, SampleOptions
 
 TRAJECTORY_CHAINS = 8
 TRAJECTORY_SNAPSHOTS = 10
@@ -77,17 +77,3 @@ def generate(net: Network, coeffs: DeviceCoefficients, n: int, seed: int = 0,
         bar.update(start + b)
     bar.close()
     return Generated(images, cond.labels, snaps, snap_t, time.perf_counter() - t0)
-
-
-def labels_from_frequencies(n: int, class_counts: list[int], seed: int) -> np.ndarray:
-    """n labels drawn i.i.d. with the training set's class frequencies (seeded): y ~ p(y), so a
-    conditional model sampled at them generates p(x) = Σ_y p(y) p(x | y). (n,) int64."""
-    p = np.asarray(class_counts, dtype=np.float64)
-    return np.random.default_rng(seed).choice(len(p), size=n, p=p / p.sum()).astype(np.int64)
-
-
-def class_labels(n: int, digit: str) -> np.ndarray:
-    """``all`` → 0, 1, ..., 9, 0, 1, ... ; a digit d → n copies of d. (n,) int64."""
-    if digit == "all":
-        return np.arange(n, dtype=np.int64) % NUM_CLASSES
-    return np.full(n, int(digit), dtype=np.int64)

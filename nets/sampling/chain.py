@@ -23,13 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import numpy as np
 import torch
-from torch import nn
 
-import diffusion_core as core
-from nets.diffusion import Diffusion, as_table
-from nets.sampling.settings import ChainOptions, Network
+from nets.diffusion import Diffusion
+from nets.sampling.settings import ChainOptions, DeviceCoefficients, Network
 
 NoiseFn = Callable[[int, torch.Tensor], torch.Tensor]
 
@@ -39,21 +36,6 @@ class SampleResult:
     images: torch.Tensor  # (B, C, H, W) in [-1, 1] (x0 of the final step)
     snapshots: torch.Tensor | None  # (S, B, C, H, W): x_t at the recorded steps, noisiest first
     snapshot_timesteps: list[int]  # the paper step (t+1) of each snapshot; 0 is the final image
-
-
-class DeviceCoefficients(nn.Module):
-    """A ReverseCoefficients table set as device tensors (float64 where supported)."""
-
-    def __init__(self, coeffs: core.ReverseCoefficients):
-        super().__init__()
-        self.num_steps = len(coeffs.timesteps)
-        self.timesteps_host = [int(t) for t in coeffs.timesteps]  # for labels, never in the loop
-        self.history_length = coeffs.history_length  # 0: one-step sampler; 1, 2: multistep
-        self.noisy_steps = [bool(s > 0) for s in coeffs.sigma]  # host side: which steps draw z
-        self.register_buffer("timesteps", torch.tensor(np.array(coeffs.timesteps), dtype=torch.long))
-        for name in ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
-                     "x0_coef", "eps_coef", "sigma", "x0_prev_coef", "x0_prev2_coef"):
-            self.register_buffer(name, as_table(getattr(coeffs, name)))
 
 
 class _StepCoefficients(NamedTuple):

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 import diffusion_core as core
-from nets.diffusion import Diffusion
+from nets.diffusion import Diffusion, as_table
 from nets.pixels import NUM_CLASSES
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp-2m", "dpmpp-3m", "sde-dpmpp-2m")
@@ -126,6 +126,21 @@ def make_coefficients(schedule: core.DiffusionSchedule, sampler: str, steps: int
     raise ValueError(f"unknown sampler: {sampler!r} (expected one of {', '.join(SAMPLERS)})")
 
 
+class DeviceCoefficients(nn.Module):
+    """A ReverseCoefficients table set as device tensors (float64 where supported)."""
+
+    def __init__(self, coeffs: core.ReverseCoefficients):
+        super().__init__()
+        self.num_steps = len(coeffs.timesteps)
+        self.timesteps_host = [int(t) for t in coeffs.timesteps]  # for labels, never in the loop
+        self.history_length = coeffs.history_length  # 0: one-step sampler; 1, 2: multistep
+        self.noisy_steps = [bool(s > 0) for s in coeffs.sigma]  # host side: which steps draw z
+        self.register_buffer("timesteps", torch.tensor(np.array(coeffs.timesteps), dtype=torch.long))
+        for name in ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
+                     "x0_coef", "eps_coef", "sigma", "x0_prev_coef", "x0_prev2_coef"):
+            self.register_buffer(name, as_table(getattr(coeffs, name)))
+
+
 def _check_guidance(guidance: float | None) -> None:
     if guidance is not None and not math.isfinite(guidance):
         raise ValueError(f"guidance must be a finite number, got {guidance}")
@@ -202,3 +217,17 @@ class SampleOptions:
     def __post_init__(self):
         if not isinstance(self.batch_size, int | np.integer) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+
+
+def labels_from_frequencies(n: int, class_counts: list[int], seed: int) -> np.ndarray:
+    """n labels drawn i.i.d. with the training set's class frequencies (seeded): y ~ p(y), so a
+    conditional model sampled at them generates p(x) = Σ_y p(y) p(x | y). (n,) int64."""
+    p = np.asarray(class_counts, dtype=np.float64)
+    return np.random.default_rng(seed).choice(len(p), size=n, p=p / p.sum()).astype(np.int64)
+
+
+def class_labels(n: int, digit: str) -> np.ndarray:
+    """``all`` → 0, 1, ..., 9, 0, 1, ... ; a digit d → n copies of d. (n,) int64."""
+    if digit == "all":
+        return np.arange(n, dtype=np.int64) % NUM_CLASSES
+    return np.full(n, int(digit), dtype=np.int64)

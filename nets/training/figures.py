@@ -13,7 +13,7 @@ import torch
 from nets import figures
 from nets.diffusion import Diffusion
 from nets.pixels import IMAGE_SHAPE, NUM_CLASSES, images_to_uint8
-from nets.sampling import ChainOptions, DeviceCoefficients, Network, make_coefficients, sample
+from nets.sampling import ChainOptions, DeviceCoefficients, Network, SamplerSettings, sample
 from nets.training.config import TrainConfig
 from nets.training.metrics_log import METRICS_FILE, read_metrics
 from nets.unet import UNet
@@ -34,8 +34,8 @@ def make_figures(cfg: TrainConfig, run_dir: Path, ema: UNet, diffusion: Diffusio
     if rows:
         figures.plot_loss(np.array([r["step"] for r in rows]), np.array([r["loss"] for r in rows]),
                           np.array([r["epoch"] for r in rows]), run_dir / "loss.png")
-    coeffs = DeviceCoefficients(make_coefficients(diffusion.schedule, "ddpm",
-                                                  cfg.sample_steps)).to(device)
+    table = SamplerSettings("ddpm", cfg.sample_steps).table(diffusion.schedule)  # the seed report: DDPM
+    coeffs = DeviceCoefficients(table).to(device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     x_T = torch.randn((cfg.num_samples, *IMAGE_SHAPE), generator=gen, device=device)
     y = None

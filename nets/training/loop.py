@@ -22,7 +22,7 @@ import torch
 
 from nets.checkpoint import save_checkpoint
 from nets.progress import Progress
-from nets.training.config import lr_at
+from nets.training.config import ema_decay_at, lr_at
 from nets.training.metrics_log import METRICS_FILE, append_metrics
 from nets.training.run import TrainingData, TrainingRun
 from nets.training.step import draw_batch, epoch_permutation, train_step
@@ -160,7 +160,7 @@ def train_loop(run: TrainingRun, data: TrainingData) -> LoopEnd:
                 idx = perm[pos * data.global_batch:(pos + 1) * data.global_batch]
                 batch = draw_batch(data.images, data.labels, idx, rows_of_rank, run.gen, cfg)
                 lr = lr_at(run.step, cfg, data.total_steps)
-                log.add(run.step, train_step(learner, batch, run.step, lr, cfg))
+                log.add(run.step, train_step(learner, batch, lr, ema_decay_at(run.step, cfg), cfg.grad_clip))
                 run.step += 1
                 signum = signals.caught  # read once: a signal landing after this waits one more step
                 timed_out = time_limit is not None and time.perf_counter() - t_start > time_limit

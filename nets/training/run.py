@@ -11,11 +11,12 @@ import torch
 
 from nets.checkpoint import load_checkpoint, load_weights
 from nets.data import MnistArrays
+from nets.device import memory_format_for
 from nets.diffusion import Diffusion, make_schedule
 from nets.pixels import to_training_tensor
 from nets.training.config import TrainConfig, total_steps
 from nets.training.distributed import World
-from nets.training.step import Learner, memory_format_for
+from nets.training.step import Learner
 from nets.unet import UNet, UNetConfig
 
 

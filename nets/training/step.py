@@ -14,19 +14,13 @@ import torch
 
 from nets.diffusion import Diffusion
 from nets.pixels import NUM_CLASSES
-from nets.training.config import TrainConfig, ema_decay_at
+from nets.training.config import TrainConfig
 
 
 def epoch_permutation(seed: int, epoch: int, n: int, device: torch.device) -> torch.Tensor:
     """The data order of one epoch: a function of (seed, epoch) only, so a resumed run sees it."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=gen).to(device)
-
-
-def memory_format_for(device: torch.device, amp_dtype: torch.dtype | None) -> torch.memory_format:
-    """channels_last where it was measured to help: fp32 on CPU (+3-15 % per step in
-    docs/benchmarks.md); bf16 on CPU is 25 % slower with it, and CUDA is unmeasured."""
-    return torch.channels_last if device.type == "cpu" and amp_dtype is None else torch.contiguous_format
 
 
 class Batch(NamedTuple):
@@ -72,9 +66,10 @@ class Learner:
     amp_dtype: torch.dtype | None = None
 
 
-def train_step(learner: Learner, batch: Batch, step: int, lr: float, cfg: TrainConfig) -> torch.Tensor:
-    """Optimizer step ``step`` (0-based) at learning rate ``lr``: loss (network under autocast),
-    AdamW with clipping to ``cfg.grad_clip``, EMA at ``ema_decay_at(step, cfg)``.
+def train_step(learner: Learner, batch: Batch, lr: float, ema_decay: float, grad_clip: float) -> torch.Tensor:
+    """One optimizer step at learning rate ``lr``: loss (network under autocast), AdamW with the
+    gradient's global norm clipped to ``grad_clip``, then EMA ← decay·EMA + (1 − decay)·weights.
+    The loop takes ``lr`` and ``ema_decay`` from the run's schedules (``nets.training.config``).
 
     Returns the loss as a device tensor: reading it is the caller's choice, so the step itself
     never syncs.
@@ -87,9 +82,9 @@ def train_step(learner: Learner, batch: Batch, step: int, lr: float, cfg: TrainC
         loss = learner.diffusion.loss(learner.forward, batch.x0, batch.t, batch.noise, batch.y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     with torch.no_grad():
         torch._foreach_lerp_(list(learner.ema.parameters()), list(model.parameters()),
-                             1.0 - ema_decay_at(step, cfg))
+                             1.0 - ema_decay)
     return loss.detach()
