@@ -132,9 +132,11 @@ def real_floor(real_images: np.ndarray, real_features: np.ndarray, n: int,
 
 def evaluate_samples(samples: np.ndarray, labels: np.ndarray | None, real_images: np.ndarray,
                      real_features: np.ndarray, model: clf.MnistClassifier, train: np.ndarray,
-                     held_out: np.ndarray, seed: int, device: torch.device) -> dict:
+                     held_out: np.ndarray, seed: int) -> dict:
     """The samples' metrics against the real images, the floor beside them, memorisation
-    against ``train`` with ``held_out`` real images as its baseline."""
+    against ``train`` with ``held_out`` real images as its baseline; the classifier runs on the
+    device its weights are on."""
+    device = next(model.parameters()).device
     ref = make_reference(train, held_out, seed)
     t0 = time.perf_counter()
     gen = image_set_metrics(samples, model, ref, metrics.gaussian_statistics(real_features),

@@ -119,7 +119,7 @@ def score_samples(judge: Judge, samples: np.ndarray, labels: np.ndarray | None =
         reference, which = held_out, f"the {len(held_out)} images of MNIST {judge.split} it never trained on"
         features = clf.classify(judge.classifier, held_out, device=judge.device).features
     report = evaluate_samples(samples, labels, reference, features, judge.classifier, train, held_out,
-                              options.seed, judge.device)
+                              options.seed)
     report = {"real": {"split": judge.split, "count": len(reference), "reference": which}, **report}
     report["memorisation"]["training_images"] = described
     if model is not None and options.nll_images:
