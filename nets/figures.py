@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from nets.files import atomic_write  # noqa: E402
+
 
 def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.ndarray:
     """Tile uint8 images (N, H, W) into one (rows·(H+pad)+pad, cols·(W+pad)+pad) uint8 array."""
@@ -28,7 +30,7 @@ def save_grid(images: np.ndarray, path: Path, ncol: int | None = None, scale: in
     """F2: a grid of generated digits as a PNG (white digits on black, as MNIST)."""
     grid = image_grid(images, ncol)
     grid = np.kron(grid, np.ones((scale, scale), dtype=np.uint8))  # nearest-neighbour upscale
-    plt.imsave(path, grid, cmap="gray", vmin=0, vmax=255)
+    atomic_write(path, lambda f: plt.imsave(f, grid, cmap="gray", vmin=0, vmax=255, format="png"))
 
 
 def smoothed(values: np.ndarray, beta: float = 0.98) -> np.ndarray:
@@ -60,8 +62,7 @@ def plot_loss(steps: np.ndarray, losses: np.ndarray, epochs: np.ndarray, path: P
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, dpi=110)
 
 
 def plot_reverse(snapshots: np.ndarray, steps: list[int], path: Path) -> None:
@@ -80,8 +81,7 @@ def plot_reverse(snapshots: np.ndarray, steps: list[int], path: Path) -> None:
         axes[0, col].set_title(f"t={steps[col]}", fontsize=8)
     fig.suptitle("Reverse diffusion: noise → digit", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path, dpi=100)
 
 
 def save_digit_rows(path: Path, rows: list[tuple[str, np.ndarray]], title: str | None = None,
@@ -99,5 +99,10 @@ def save_digit_rows(path: Path, rows: list[tuple[str, np.ndarray]], title: str |
     if title:
         fig.suptitle(title, fontsize=fontsize)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    _save(fig, path, dpi=110, bbox_inches="tight")
+
+
+def _save(fig, path: Path, **kwargs) -> None:
+    """A figure as a PNG, written atomically (a preview read while it is written is never torn)."""
+    atomic_write(path, lambda f: fig.savefig(f, format="png", **kwargs))
     plt.close(fig)

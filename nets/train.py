@@ -22,16 +22,19 @@ from nets.data import MnistArrays, training_and_held_out
 from nets.device import describe_precision, use_tf32_on_cuda
 from nets.files import remove_stale_temp_files, write_json_atomic
 from nets.pixels import NUM_CLASSES
+from nets.sampling import Network
 from nets.training import distributed
-from nets.training.config import TrainConfig
+from nets.training.config import UNBOUNDED_STEPS, TrainConfig
 from nets.training.distributed import World
-from nets.training.figures import make_figures, missing_figures
-from nets.training.flags import config_from_args
+from nets.training.figures import FIGURE_FILES, make_figures, missing_figures
+from nets.training.flags import config_from_args, end_flags_given
 from nets.training.loop import SIGNAL_EXIT_CODES, TrainingFailed, train_loop
 from nets.training.metrics_log import METRICS_FILE, read_metrics, write_metrics
+from nets.training.preview import PREVIEW_FILES, Preview, preview_every
 from nets.training.run import TrainingData, TrainingRun, build_run, restore, training_data, wrap_for_training
 
-RUN_FILES = ("checkpoint.pt", METRICS_FILE, "config.json")  # written atomically: may leave temp files
+# written atomically, so a killed write may leave their temp files
+RUN_FILES = ("checkpoint.pt", METRICS_FILE, "config.json", *FIGURE_FILES, *PREVIEW_FILES)
 
 
 def join_world(cfg: TrainConfig, resume_dir: Path | None) -> World:
@@ -86,8 +89,9 @@ def load_data(cfg: TrainConfig, world: World, memory_format) -> TrainingData:
         print(f"held out: MNIST {cfg.split}[{held_rows.start}:{held_rows.stop}] ({cfg.holdout} images), "
               f"never trained on", file=sys.stderr)
     if world.is_main:
+        steps = "until the clock" if data.total_steps == UNBOUNDED_STEPS else f"{data.total_steps} steps"
         print(f"data: {data.count} images ({cfg.split}), {data.steps_per_epoch} steps/epoch, "
-              f"{data.total_steps} steps, device {world.device}", file=sys.stderr)
+              f"{steps}, device {world.device}", file=sys.stderr)
         print(f"batch: {data.global_batch} images per step = {cfg.batch_size} per process × "
               f"{world.size} process{'es' if world.size > 1 else ''}; peak lr {cfg.lr:g}, never "
               f"scaled with the batch{lr_decay_note(cfg, data.total_steps)}", file=sys.stderr)
@@ -98,8 +102,11 @@ def lr_decay_note(cfg: TrainConfig, end: int) -> str:
     """How the lr decays, for the start-up report ('' for a constant lr)."""
     if cfg.lr_schedule == "constant":
         return ""
-    note = f"; {cfg.lr_schedule} decay to 0 at step {end}"
-    return note + (" unless --max-minutes stops it first" if cfg.max_minutes else "")
+    if cfg.max_minutes:
+        bound = "" if end == UNBOUNDED_STEPS else f" (at most {end})"
+        return (f"; {cfg.lr_schedule} decay to 0 at the step the {cfg.max_minutes:g}-minute budget "
+                f"reaches{bound}, planned from the pace of the first steps")
+    return f"; {cfg.lr_schedule} decay to 0 at step {end}"
 
 
 def resume_or_report(run: TrainingRun, resume_dir: Path | None) -> None:
@@ -139,10 +146,15 @@ def nothing_to_train(run: TrainingRun, data: TrainingData, redo_figures: bool) -
     cfg = run.cfg
     if not run.world.is_main:
         return 0
-    flag = "--max-steps" if cfg.max_steps else "--epochs"
-    print(f"nothing to train: {run.run_dir} is already at step {run.step} and "
-          f"{flag} {cfg.max_steps or cfg.epochs} ends at step {data.total_steps}; give a larger "
-          f"{flag} to train on", file=sys.stderr)
+    if run.planned_end is not None:
+        print(f"nothing to train: {run.run_dir} is already at step {run.step}, the end its "
+              f"--max-minutes budget planned; give --max-minutes (a new budget) or --max-steps "
+              f"to train on", file=sys.stderr)
+    else:
+        flag = "--max-steps" if cfg.max_steps else "--epochs"
+        print(f"nothing to train: {run.run_dir} is already at step {run.step} and "
+              f"{flag} {cfg.max_steps or cfg.epochs} ends at step {data.total_steps}; give a larger "
+              f"{flag} to train on", file=sys.stderr)
     missing = missing_figures(run.run_dir)
     if cfg.figures and (missing or redo_figures):
         make_figures(cfg, run.run_dir, run.ema, run.diffusion, run.world.device, run.amp_dtype)
@@ -162,13 +174,17 @@ def main(argv: list[str] | None = None) -> int:
         data = load_data(cfg, world, run.memory_format)
         run.class_counts = torch.bincount(data.labels.cpu(), minlength=NUM_CLASSES).tolist()
         resume_or_report(run, resume_dir)
+        if resume_dir is not None and end_flags_given(args):
+            run.planned_end = None  # the run's end was moved: a new budget plans again from here
     except KeyboardInterrupt:
         cli.exit_after_interrupt("interrupted (Ctrl-C) before training started; nothing to save")
-    if resume_dir is not None and run.step >= data.total_steps:
+    if resume_dir is not None and run.step >= (run.planned_end or data.total_steps):
         world.leave()
         return nothing_to_train(run, data, args.redo_figures)
     cut_metrics_to_checkpoint(run)
     wrap_for_training(run)
+    if cfg.preview and world.is_main:
+        run.preview = start_preview(run, data)
 
     # ---- the loop, with its checkpoints --------------------------------------------------------
     try:
@@ -193,7 +209,28 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             cli.exit_after_interrupt(f"interrupted (Ctrl-C) while making the figures; the checkpoint "
                                      f"at step {end.step} is saved")
+    if world.is_main:
+        print_next_steps(cfg, run_dir)
     return 0
+
+
+def start_preview(run: TrainingRun, data: TrainingData) -> Preview:
+    """Rank 0's live preview of this session, announced."""
+    every = preview_every(run.cfg, run.planned_end or data.total_steps)
+    net = Network(run.ema, run.diffusion, run.amp_dtype)
+    print(f"preview: {run.run_dir / 'preview.png'} and preview-history.png {every.describe()} "
+          f"(--no-preview turns them off)", file=sys.stderr)
+    return Preview(run.run_dir, net, every, run.cfg.seed + 2, run.step)
+
+
+def print_next_steps(cfg: TrainConfig, run_dir: Path) -> None:
+    """The run's last lines: where its files are, and the next command."""
+    made = [name for name in FIGURE_FILES if (run_dir / name).exists()]
+    if made:
+        print(f"figures: {', '.join(str(run_dir / name) for name in made)}", file=sys.stderr)
+    ask = " --digit 7 --guidance 2" if cfg.conditional else ""
+    print(f"next: python -m nets.sample --checkpoint {run_dir}{ask}   (from Python: "
+          f"nets.load(\"{run_dir}\").sample(16))", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -120,8 +120,10 @@ def test_two_processes_of_batch_8_train_like_one_process_of_batch_16(two, refere
 @pytest.mark.slow
 def test_only_rank_0_writes_files_and_prints(two):
     root, proc = two
-    assert sorted(os.listdir(root / "run")) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
+    assert sorted(os.listdir(root / "run")) == ["checkpoint.pt", "config.json", "metrics.jsonl",
+                                                "preview-history.npz", "preview-history.png", "preview.png"]
     assert os.listdir(root / "cwd") == []  # nothing beside the run directory
+    assert proc.stderr.count("preview: ") == 1  # rank 0 alone previews
     assert proc.stdout.count('"world_size": 2') == 1  # the config, printed once
     assert proc.stderr.count("data: 256 images") == 1
     assert proc.stderr.count(f"trained to step {STEPS}") == 1

@@ -314,8 +314,12 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     state = load_checkpoint(run_dir)
     assert state["step"] == 2 and all_finite(state)
     assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == [1, 2]
-    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt", "config.json",
-                                                         "metrics.jsonl"]
+    assert run_files(run_dir) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
+
+
+def run_files(run_dir):
+    """The run directory's files but the live previews (temporary files, ``.name.XXXX.tmp``, stay in)."""
+    return sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("preview"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,8 +368,7 @@ def test_a_full_disk_mid_run_exits_1_and_keeps_the_last_checkpoint(tmp_path, mni
     [line] = error_lines(stderr)
     assert line.startswith("error: step 3: ") and "File too large" in line and "kept" in line
     assert (run_dir / "checkpoint.pt").read_bytes() == good
-    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt", "config.json",
-                                                         "metrics.jsonl"]
+    assert run_files(run_dir) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
     code, stderr = run_in_process("--resume", run_dir, "--max-steps", 4)
     assert code == 0, stderr
     assert read_metrics(run_dir / "metrics.jsonl") == ref_rows[:4]

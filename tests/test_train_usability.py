@@ -69,9 +69,8 @@ def test_a_time_limited_run_prints_the_time_limited_total(tmp_path, real_mnist_d
                           env=ENV, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     steps = [line for line in proc.stderr.splitlines() if line.startswith("step ")]
-    assert steps and all("/~" in line and "/800000 " not in line for line in steps), steps
-    last_total = int(steps[-1].split("/~")[1].split()[0])
-    assert last_total < 10_000  # 3 s of a tiny model, not 800,000 steps
+    totals = [int(line.split("/")[1].lstrip("~").split()[0]) for line in steps]
+    assert steps and "/~" in steps[0] and max(totals) < 10_000, steps  # 3 s of a tiny model, not 800,000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,7 +208,8 @@ def test_a_resume_removes_the_temp_files_of_writes_killed_with_sigkill(tmp_path,
     assert len(orphans) == 2
     code, stderr = run_in_process("--resume", run_dir, "--max-steps", 3, "--no-figures")
     assert code == 0, stderr
-    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
+    left = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("preview"))
+    assert left == ["checkpoint.pt", "config.json", "metrics.jsonl"]
     assert all(f"removed {p.name}" in stderr for p in orphans)
 
 

@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from nets.pixels import NUM_CLASSES
 from nets.unet import UNetConfig
 
+DEFAULT_EPOCHS = 10
+UNBOUNDED_STEPS = 10**9  # the bound of a run that the clock alone ends (epochs None)
+
 
 @dataclass
 class TrainConfig:
@@ -17,7 +20,7 @@ class TrainConfig:
     split: str = "train"
     limit: int | None = None
     holdout: int = 0  # the last N images of the split, never trained on (nets.evaluate's reference)
-    epochs: int = 10
+    epochs: int | None = DEFAULT_EPOCHS  # None: a --max-minutes run bounded by the clock alone
     max_steps: int | None = None
     max_minutes: float | None = None
     batch_size: int = 64
@@ -51,6 +54,8 @@ class TrainConfig:
     num_samples: int = 64
     sample_steps: int | None = None
     figures: bool = True
+    preview: bool = True  # digits while it trains (nets.training.preview)
+    preview_every: str | None = None  # "N" steps or "Mm" minutes; None: a tenth of the run
     dist_timeout: float = 300.0
     world_size: int = 1  # processes that trained it (torchrun's WORLD_SIZE), not a flag
 
@@ -68,7 +73,7 @@ def saved_config(values: dict) -> TrainConfig:
 # Flags that may change when a run is resumed (to extend it or move it); all others are fixed.
 RESUMABLE_OVERRIDES = ("epochs", "max_steps", "max_minutes", "device", "compile", "precision",
                        "checkpoint_every", "keep_checkpoints", "log_every", "figures", "num_samples",
-                       "sample_steps", "dist_timeout")
+                       "sample_steps", "dist_timeout", "preview", "preview_every")
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -91,5 +96,8 @@ def ema_decay_at(step: int, cfg: TrainConfig) -> float:
 
 
 def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
-    """The step the run ends at: --max-steps, else --epochs passes over the data."""
-    return cfg.max_steps or steps_per_epoch * cfg.epochs
+    """The step the run ends at: --max-steps, else --epochs passes over the data, else (a
+    --max-minutes run without either) no bound but the clock's (``nets.training.budget``)."""
+    if cfg.max_steps:
+        return cfg.max_steps
+    return steps_per_epoch * cfg.epochs if cfg.epochs else UNBOUNDED_STEPS

@@ -84,6 +84,15 @@ class World:
         agreed_signal, agreed_timeout = flags.tolist()
         return (agreed_signal or None), bool(agreed_timeout)
 
+    def agree_on_end(self, end: int) -> int:
+        """The smallest of the ranks' projected last steps (the --max-minutes plan), the same on
+        every rank; called by all ranks at the same step."""
+        if self.size == 1:
+            return end
+        value = torch.tensor([end], dtype=torch.int64, device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+        return int(value.item())
+
     def check_replicas_agree(self, modules: dict[str, torch.nn.Module]) -> None:
         """Raise ReplicaMismatchError on every rank unless all ranks hold the same weights.
 

@@ -19,12 +19,14 @@ import diffusion_core as core
 from nets import cli
 from nets.checkpoint import CheckpointError, load_checkpoint
 from nets.pixels import NUM_CLASSES
-from nets.training.config import LR_SCHEDULES, RESUMABLE_OVERRIDES, TrainConfig, saved_config
+from nets.training.config import DEFAULT_EPOCHS, LR_SCHEDULES, RESUMABLE_OVERRIDES, TrainConfig, saved_config
+from nets.training.preview import parse_preview_every
 from nets.unet import UNetConfig
 
 # Config fields that are on/off flags: (the flag that sets True, the flag that sets False).
 BOOLEAN_FLAGS = {"conditional": ("--conditional", "--no-conditional"), "compile": ("--compile", None),
-                 "keep_checkpoints": ("--keep-checkpoints", None), "figures": (None, "--no-figures")}
+                 "keep_checkpoints": ("--keep-checkpoints", None), "figures": (None, "--no-figures"),
+                 "preview": (None, "--no-preview")}
 NOT_FLAGS = ("unet", "run_dir", "world_size")  # the U-Net's flags are checked by UNetConfig
 
 
@@ -46,11 +48,15 @@ def add_data_flags(g, d: TrainConfig) -> None:
     g.add_argument("--holdout", type=cli.int_at_least(0), default=d.holdout,
                    help="keep the last N images of the split out of training, recorded in the run: "
                    "nets.evaluate --checkpoint compares samples with exactly those")
-    g.add_argument("--epochs", type=cli.positive_int, default=d.epochs, help="passes over the data")
+    g.add_argument("--epochs", type=cli.positive_int,
+                   help=f"passes over the data (default {DEFAULT_EPOCHS}; with --max-minutes and "
+                   f"neither --epochs nor --max-steps, the clock alone ends the run)")
     g.add_argument("--max-steps", type=cli.positive_int,
                    help="train exactly this many optimizer steps (instead of --epochs)")
     g.add_argument("--max-minutes", type=cli.positive_float,
-                   help="stop training after this much wall time (figures are made after)")
+                   help="a wall-clock budget for training (figures are made after): the pace measured "
+                   "over the first steps fixes the run's last step, so the learning rate decays to 0 "
+                   "when the clock ends; --max-steps/--epochs still bound it")
     g.add_argument("--batch-size", type=cli.positive_int, default=d.batch_size,
                    help="images per step and process (under torchrun the global batch is this "
                    "times the number of processes)")
@@ -62,10 +68,9 @@ def add_optimizer_flags(g, d: TrainConfig) -> None:
     g.add_argument("--warmup-steps", type=cli.int_at_least(0), default=d.warmup_steps,
                    help="linear learning-rate warm-up steps")
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
-                   help="after the warm-up: a half cosine down to 0 at the run's last step "
-                   "(--max-steps, else --epochs), or constant. --max-minutes does not move the "
-                   "end: for a time budget give --max-steps, about what the budget buys on your "
-                   "machine (docs/results.md has the development CPU's steps per minute)")
+                   help="after the warm-up: a half cosine down to 0 at the run's last step, or "
+                   "constant. The last step is --max-steps, else --epochs, or with --max-minutes the "
+                   "step the budget reaches at the measured pace (recorded in the checkpoint)")
     g.add_argument("--weight-decay", type=cli.float_in(0, 1, low_open=False),
                    default=d.weight_decay, help="AdamW weight decay")
     g.add_argument("--grad-clip", type=cli.positive_float, default=d.grad_clip,
@@ -130,6 +135,12 @@ def add_run_flags(g, d: TrainConfig) -> None:
                    help="digits in samples.png")
     g.add_argument("--sample-steps", type=cli.positive_int,
                    help="DDPM steps for the figures (default: all T; fewer = respaced DDPM)")
+    g.add_argument("--preview-every", type=preview_interval,
+                   help="write preview.png and preview-history.png (EMA digits, a fixed seed, "
+                   "DPM-Solver++ 2M, 10 calls) every N steps or M minutes: 200 or 2m (default: a "
+                   "tenth of the run; previews skip a turn rather than take over 5%% of its time)")
+    g.add_argument("--no-preview", dest="preview", action="store_false",
+                   help="no previews while training")
     g.add_argument("--no-figures", dest="figures", action="store_false",
                    help="skip sampling and the figures at the end")
     g.add_argument("--redo-figures", action="store_true",
@@ -161,6 +172,8 @@ def config_from_args(argv: list[str] | None) -> tuple[TrainConfig, Path | None, 
     values["unet"] = unet.to_dict()
     values["data_dir"] = str(args.data_dir) if args.data_dir else None
     values["run_dir"] = args.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.epochs is None:  # None in the config: the clock alone bounds the run
+        values["epochs"] = None if args.max_minutes and not args.max_steps else DEFAULT_EPOCHS
     cfg = TrainConfig(**values)
     if args.resume is None:
         return cfg, None, args
@@ -186,6 +199,13 @@ def config_from_args(argv: list[str] | None) -> tuple[TrainConfig, Path | None, 
     return resumed, run_dir, args
 
 
+def end_flags_given(args: argparse.Namespace) -> bool:
+    """Whether the command line moved the run's end (--epochs, --max-steps or --max-minutes)."""
+    defaults = build_parser().parse_args([])
+    return any(getattr(args, name) != getattr(defaults, name)
+               for name in ("epochs", "max_steps", "max_minutes"))
+
+
 def check_saved_values(cfg: TrainConfig) -> None:
     """Check a resumed config with the flags' own parsers (a checkpoint may come from a
     stranger): each value is parsed as its flag would be; ValueError names the first bad one."""
@@ -205,6 +225,15 @@ def check_saved_values(cfg: TrainConfig) -> None:
             raise ValueError(f"{flag} = {value!r}: {str(err).removeprefix(f'argument {flag}: ')}") from None
     if cfg.sample_steps is not None and cfg.sample_steps > cfg.timesteps:
         raise ValueError(f"--sample-steps {cfg.sample_steps} exceeds --timesteps {cfg.timesteps}")
+
+
+def preview_interval(text: str) -> str:
+    """--preview-every: steps or minutes, checked; kept as given (it is saved in the config)."""
+    try:
+        parse_preview_every(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text.strip()
 
 
 class _RaisingParser(cli.Parser):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +22,8 @@ from pathlib import Path
 import torch
 
 from nets.checkpoint import save_checkpoint
-from nets.progress import Progress
+from nets.progress import Progress, format_duration
+from nets.training.budget import ClockPlan
 from nets.training.config import ema_decay_at, lr_at
 from nets.training.metrics_log import METRICS_FILE, append_metrics
 from nets.training.run import TrainingData, TrainingRun
@@ -72,34 +74,36 @@ class StopRequest:
         return bool(self.signal or self.timed_out)
 
 
-def stop_vote(run: TrainingRun, data: TrainingData, signum: int | None, timed_out: bool) -> StopRequest:
+def stop_vote(run: TrainingRun, end: int, signum: int | None, timed_out: bool) -> StopRequest:
     """This step's stop request; under torchrun the ranks' requests combined at the steps where
     all of them log (elsewhere none stops), so that every rank stops at the same step."""
     cfg, world, step = run.cfg, run.world, run.step
     if world.size > 1:
-        at_log = step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == data.total_steps
+        at_log = step % cfg.log_every == 0 or step % cfg.checkpoint_every == 0 or step == end
         signum, timed_out = world.agree_to_stop(signum, timed_out) if at_log else (None, False)
     return StopRequest(signum, bool(timed_out))
 
 
 class LossLog:
-    """The losses since the last flush, on the device; slot i holds step ``logged_to + i``, so a
-    run resumed at any step (not only a multiple of --log-every) logs and checks the right values."""
+    """The losses since the last flush, on the device, and the learning rates they were trained
+    at; slot i holds step ``logged_to + i``, so a run resumed at any step (not only a multiple of
+    --log-every) logs and checks the right values."""
 
     def __init__(self, run: TrainingRun, data: TrainingData):
         self.buffer = torch.zeros(max(1, min(run.cfg.log_every, data.total_steps)), device=run.world.device)
+        self.lrs: list[float] = []
         self.logged_to = run.step
 
-    def add(self, step: int, loss: torch.Tensor) -> None:
+    def add(self, step: int, loss: torch.Tensor, lr: float) -> None:
         self.buffer[step - self.logged_to] = loss
+        self.lrs.append(lr)
 
     def flush(self, run: TrainingRun, data: TrainingData) -> list[dict]:
         """The rows since the last flush, losses averaged over ranks: the loop's one host sync."""
         losses = run.world.mean(self.buffer[: run.step - self.logged_to]).tolist()
-        rows = [{"step": s + 1, "epoch": s // data.steps_per_epoch, "loss": v,
-                 "lr": lr_at(s, run.cfg, data.total_steps)}
-                for s, v in zip(range(self.logged_to, run.step), losses, strict=True)]
-        self.logged_to = run.step
+        rows = [{"step": s + 1, "epoch": s // data.steps_per_epoch, "loss": v, "lr": lr}
+                for s, v, lr in zip(range(self.logged_to, run.step), losses, self.lrs, strict=True)]
+        self.logged_to, self.lrs = run.step, []
         return rows
 
 
@@ -144,29 +148,43 @@ def log_rows(run: TrainingRun, rows: list[dict]) -> None:
 
 
 def train_loop(run: TrainingRun, data: TrainingData) -> LoopEnd:
-    """Train from ``run.step`` to ``data.total_steps``, a caught signal, or the time limit."""
+    """Train from ``run.step`` to the run's end, a caught signal, or the time limit.
+
+    The end is ``run.planned_end`` where the --max-minutes budget fixed it (``nets.training.budget``,
+    recorded in the checkpoint), else ``data.total_steps`` (--max-steps or --epochs); the
+    learning-rate schedule decays to 0 there.
+    """
     cfg, world = run.cfg, run.world
     time_limit = 60 * cfg.max_minutes if cfg.max_minutes else None
-    progress = Progress("step", data.total_steps, run.step, unit_scale=data.global_batch,
+    end = run.planned_end or data.total_steps
+    plan = None
+    if time_limit is not None and run.planned_end is None:
+        plan = ClockPlan(time_limit, run.step, data.total_steps)
+    progress = Progress("step", end, run.step, unit_scale=data.global_batch,
                         time_limit=time_limit, enabled=world.is_main)
     log, rows_of_rank = LossLog(run, data), world.shard(data.global_batch)
     t_start, perm, learner = time.perf_counter(), None, run.learner
     try:
         with caught_signals() as signals:
-            while run.step < data.total_steps:
+            while run.step < end:
                 epoch, pos = divmod(run.step, data.steps_per_epoch)
                 if perm is None or pos == 0:
                     perm = epoch_permutation(cfg.seed, epoch, data.count, world.device)
                 idx = perm[pos * data.global_batch:(pos + 1) * data.global_batch]
                 batch = draw_batch(data.images, data.labels, idx, rows_of_rank, run.gen, cfg)
-                lr = lr_at(run.step, cfg, data.total_steps)
-                log.add(run.step, train_step(learner, batch, lr, ema_decay_at(run.step, cfg), cfg.grad_clip))
+                lr = lr_at(run.step, cfg, end)
+                loss = train_step(learner, batch, lr, ema_decay_at(run.step, cfg), cfg.grad_clip)
+                log.add(run.step, loss, lr)
                 run.step += 1
+                elapsed = time.perf_counter() - t_start
+                if plan is not None:
+                    end = replan(run, plan, elapsed, end, progress)
+                if run.preview is not None:
+                    run.preview.maybe_write(run.step, elapsed)
                 signum = signals.caught  # read once: a signal landing after this waits one more step
-                timed_out = time_limit is not None and time.perf_counter() - t_start > time_limit
-                stop = stop_vote(run, data, signum, timed_out)
-                save_now = (run.step % cfg.checkpoint_every == 0 or run.step == data.total_steps
-                            or bool(stop))
+                timed_out = time_limit is not None and elapsed > time_limit
+                stop = stop_vote(run, end, signum, timed_out)
+                save_now = run.step % cfg.checkpoint_every == 0 or run.step == end or bool(stop)
                 if save_now or run.step % cfg.log_every == 0:
                     rows = log.flush(run, data)
                     check_losses_finite(rows, run.run_dir)
@@ -179,3 +197,20 @@ def train_loop(run: TrainingRun, data: TrainingData) -> LoopEnd:
     finally:
         progress.close()
     return LoopEnd(run.step, None, time.perf_counter() - t_start)
+
+
+def replan(run: TrainingRun, plan: ClockPlan, elapsed: float, end: int, progress: Progress) -> int:
+    """The run's end after this step: where a plan is due, the ranks' agreed projection of the
+    step the --max-minutes budget reaches (recorded as ``run.planned_end``), else ``end``."""
+    plan.observe(run.step, elapsed)
+    if not plan.due(run.step):
+        return end
+    agreed = run.world.agree_on_end(plan.projection(run.step, elapsed))
+    if not plan.accept(run.step, elapsed, agreed):
+        return end
+    run.planned_end = progress.total = plan.end
+    if run.world.is_main:
+        rate = (plan.end - run.step) / max(plan.time_limit - elapsed, 1e-9)
+        print(f"time budget: {format_duration(plan.time_limit)} reach step {plan.end} at "
+              f"{rate:.1f} steps/s; the learning rate decays to 0 there", file=sys.stderr, flush=True)
+    return plan.end

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,6 +19,9 @@ from nets.training.config import TrainConfig, total_steps
 from nets.training.distributed import World
 from nets.training.step import Learner
 from nets.unet import UNet, UNetConfig
+
+if TYPE_CHECKING:
+    from nets.training.preview import Preview
 
 
 @dataclass
@@ -69,6 +73,8 @@ class TrainingRun:
     memory_format: torch.memory_format
     step: int = 0
     class_counts: list[int] | None = None  # training images per digit: nets.sample --digit frequencies
+    planned_end: int | None = None  # the last step the --max-minutes budget fixed (nets.training.budget)
+    preview: Preview | None = None  # rank 0's live preview, if any
 
     @property
     def learner(self) -> Learner:
@@ -79,6 +85,7 @@ class TrainingRun:
         return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "step": self.step,
                 "config": asdict(self.cfg), "class_counts": self.class_counts,
+                "planned_end": self.planned_end,
                 "rng": {"generator": self.gen.get_state(), "torch": torch.get_rng_state()}}
 
 
@@ -114,6 +121,10 @@ def restore(run: TrainingRun, resume_dir: Path) -> None:
     run.gen.set_state(state["rng"]["generator"].cpu())
     torch.set_rng_state(state["rng"]["torch"].cpu())
     run.step = int(state["step"])
+    planned = state.get("planned_end")  # absent before time budgets fixed the end
+    if planned is not None and (not isinstance(planned, int) or planned < 1):
+        raise ValueError(f"planned_end must be a positive step, got {planned!r}")
+    run.planned_end = planned
 
 
 def wrap_for_training(run: TrainingRun) -> None:
