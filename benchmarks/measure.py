@@ -16,7 +16,6 @@ repeat is the peak, and "fraction of peak" is achieved FLOP/s over the peak of t
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+from nets.files import write_json_atomic
 
 
 @dataclass
@@ -181,6 +182,4 @@ def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) 
 
 
 def write_json(path: str | os.PathLike, payload: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=1) + "\n")
+    write_json_atomic(path, payload)

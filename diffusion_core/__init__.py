@@ -15,9 +15,10 @@ problem; no public function returns NaN for valid input.
 Modules: `betas` (β schedules), `schedule` (DiffusionSchedule), `forward` (q(x_t|x0)),
 `posterior` (q(x_{t-1}|x_t,x0)), `parameterization` (x0 ↔ ε ↔ v), `objectives` (training
 targets), `respacing` (step subsequences), `reverse` (DDPM/DDIM steps), `multistep` (DPM-Solver++
-2M/3M and SDE-2M tables in the same step form), `weighting` (uniform and min-SNR-γ loss
-weights), `editing` (DDIM inversion, slerp, the forward jump q(x_t|x_s)), `likelihood`
-(the variational bound). Importing this package does not import torch.
+2M/3M and SDE-2M tables in the same step form), `weighting` (uniform, min-SNR-γ and truncated-SNR
+loss weights), `editing` (DDIM inversion, slerp, the forward jump q(x_t|x_s)), `distillation`
+(progressive distillation's DDIM jumps, targets and step lists), `likelihood` (the variational
+bound). Importing this package does not import torch.
 """
 
 from diffusion_core.betas import (
@@ -29,6 +30,14 @@ from diffusion_core.betas import (
     rescale_zero_terminal_snr,
     sigmoid_betas,
     validate_betas,
+)
+from diffusion_core.distillation import (
+    DistillationTables,
+    ddim_jump,
+    ddim_jump_coefficients,
+    distillation_tables,
+    distillation_timesteps,
+    distillation_x0_target,
 )
 from diffusion_core.editing import ddim_inversion_coefficients, q_jump_mean_variance, slerp
 from diffusion_core.forward import GaussianMoments, q_mean_variance, q_sample
@@ -73,6 +82,12 @@ __all__ = [
     "DEFAULT_MIN_SNR_GAMMA",
     "LossWeighting",
     "loss_weights",
+    "DistillationTables",
+    "ddim_jump",
+    "ddim_jump_coefficients",
+    "distillation_tables",
+    "distillation_timesteps",
+    "distillation_x0_target",
     "BetaScheduleName",
     "DiffusionSchedule",
     "GaussianMoments",

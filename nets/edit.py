@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     device = cli.device_from_flag(args.device)
     amp = cli.autocast_from_flag(args.precision, device)
     try:
-        pipe = Pipeline(load_model(args.checkpoint, "ema", device), amp)
+        pipe = Pipeline(load_model(args.checkpoint, "ema", device), amp, progress=args.progress)
     except CheckpointError as err:
         cli.fail(f"--checkpoint: {err}")
     try:

@@ -38,6 +38,7 @@ def atomic_file(path: str | os.PathLike, suffix: str = TEMP_SUFFIX) -> Iterator[
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     tmp = Path(tmp_name)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make every file private
         with os.fdopen(fd, "wb") as f:
             yield f, tmp
             f.flush()
@@ -47,6 +48,12 @@ def atomic_file(path: str | os.PathLike, suffix: str = TEMP_SUFFIX) -> Iterator[
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:

@@ -220,7 +220,7 @@ def start_preview(run: TrainingRun, data: TrainingData) -> Preview:
     net = Network(run.ema, run.diffusion, run.amp_dtype)
     print(f"preview: {run.run_dir / 'preview.png'} and preview-history.png {every.describe()} "
           f"(--no-preview turns them off)", file=sys.stderr)
-    return Preview(run.run_dir, net, every, run.cfg.seed + 2, run.step)
+    return Preview(run.run_dir, net, every, run.cfg.seed + 2, run.step, capped=run.cfg.preview_every is None)
 
 
 def print_next_steps(cfg: TrainConfig, run_dir: Path) -> None:

@@ -188,3 +188,14 @@ def test_sample_speed_times_the_few_step_solvers(tmp_path, capsys):
     assert {s for s, _ in rows} == {"dpmpp-2m-10", "dpmpp-3m-10", "sde-dpmpp-2m-10"}  # default K = 10
     for s in ("dpmpp-2m-10", "dpmpp-3m-10", "sde-dpmpp-2m-10"):
         assert rows[s, f"project {p}"]["images_per_s"] > 0 and rows[s, f"project {p}"]["overhead_stub"] > 0
+
+
+def test_preview_cost_runs_tiny_and_writes_json(tmp_path, capsys, real_mnist_dir):
+    from benchmarks import preview_cost
+
+    out = tmp_path / "preview.json"
+    assert preview_cost.main(["--quick", "--rounds", "1", "--threads", "1", "--data-dir", str(real_mnist_dir),
+                              "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert len(result["rounds"]) == 1 and result["median_ratio"] > 0
+    assert "previews cost" in capsys.readouterr().out

@@ -339,7 +339,7 @@ def test_cli_train_sample_evaluate_round_trip(tmp_path, real_mnist_dir, trained_
     nll = report["nll"]
     assert nll["images"] == 4 and nll["which"] == "held-out" and nll["timesteps"] == 50
     assert 0 < nll["bits_per_dim"] < 16
-    assert report["samples"]["sampler"] == "ddpm" and report["samples"]["images_per_second"] > 0
+    assert report["samples"]["sampler"] == "sde-dpmpp-2m" and report["samples"]["images_per_second"] > 0
 
 
 def test_a_text_file_as_classifier_is_a_classifier_error(tmp_path):

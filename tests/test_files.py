@@ -69,3 +69,12 @@ def test_fsync_dir_ignores_file_systems_without_directory_fsync_but_not_io_error
             files.fsync_dir(tmp_path)
     else:
         files.fsync_dir(tmp_path)
+
+
+def test_files_get_the_permissions_of_a_plain_open_not_mkstemps_private_0600(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        path = files.write_text_atomic(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -52,6 +52,8 @@ BAD = {
     "--seed": ["-1", str(2**32), "abc"],
     "--device": ["tpu", "meta", "cuda:abc"] + ([] if torch.cuda.is_available() else ["cuda"]),
     "--compile": ["=1"],
+    "--preview-every": ["0", "-1m", "0m", "x", "2.5"],
+    "--no-preview": ["=1"],
     "--precision": ["fp16", "BF16", ""],
     "--dist-timeout": ["0", "-5", "nan"],
     "--run-dir": ["FILE/run", "/proc/ddpm-run"],

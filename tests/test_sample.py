@@ -242,7 +242,7 @@ def test_cli_conditional_digit_and_guidance(checkpoints, tmp_path, capsys):
     (["--eta", "0.5"], "--eta: applies to --sampler ddim only"),
     (["--sampler", "ddim", "--variance", "beta"], "applies to --sampler ddpm only"),
     (["--n", "0"], "must be >= 1"),
-    (["--cuda-graph"], "needs a CUDA device"),
+    (["--sampler", "ddim", "--cuda-graph"], "needs a CUDA device"),
     (["--precision", "fp16"], "invalid choice: 'fp16'"),
 ])
 def test_cli_bad_flags_exit_2_with_a_message(checkpoints, tmp_path, capsys, args, message):
@@ -273,3 +273,17 @@ def test_cli_checkpoints_of_other_models_exit_2(checkpoints, tmp_path, capsys):
                           (empty_dir, "checkpoint not found")]:
         code, err = run_main(capsys, "--checkpoint", path, "--out", tmp_path / "o.npz")
         assert code == 2 and message in err and "Traceback" not in err, (path, err)
+
+
+def test_cli_without_sampler_flags_uses_the_documented_default(checkpoints, tmp_path, capsys):
+    """SDE-DPM-Solver++ 2M at 20 steps (docs/results.md: the best quality per network call);
+    the output says so, and --sampler ddpm is the paper's chain over all T."""
+    out = tmp_path / "d.npz"
+    code, err = run_main(capsys, "--checkpoint", checkpoints["uncond"], "--n", "3", "--out", out)
+    assert code == 0, err
+    assert "sampler: sde-dpmpp-2m 20 steps" in err
+    with np.load(out) as f:
+        assert str(f["sampler"]) == "sde-dpmpp-2m" and int(f["steps"]) == 20
+    code, err = run_main(capsys, "--checkpoint", checkpoints["uncond"], "--n", "3", "--sampler", "ddpm",
+                         "--out", out)
+    assert code == 0 and "sampler: ddpm 20 steps" in err  # T = 20: all of them

@@ -148,7 +148,7 @@ def test_cli_digit_frequencies_draws_the_checkpoints_class_counts(tmp_path, caps
     model = tiny_model(10)
     counts = [0, 0, 0, 7, 0, 0, 0, 0, 0, 3]
     ckpt = write(tmp_path / "c.pt", model, 10, class_counts=counts)
-    code, err = run_main(capsys, "--checkpoint", ckpt, "--n", "20", "--steps", "2", "--digit",
+    code, err = run_main(capsys, "--checkpoint", ckpt, "--n", "20", "--steps", "3", "--digit",
                          "frequencies", "--guidance", "2", "--seed", "5", "--out", tmp_path / "f.npz")
     assert code == 0, err
     _, settings = images_of(tmp_path / "f.npz")
@@ -172,7 +172,7 @@ def test_a_checkpoint_with_garbled_class_counts_exits_2(tmp_path, capsys):
 def test_cli_a_conditional_checkpoint_with_counts_samples_the_frequencies_by_default(tmp_path, capsys):
     counts = [1, 0, 0, 0, 0, 0, 0, 0, 0, 1]
     ckpt = write(tmp_path / "c.pt", tiny_model(10), 10, class_counts=counts)
-    code, err = run_main(capsys, "--checkpoint", ckpt, "--n", "12", "--steps", "2", "--out",
+    code, err = run_main(capsys, "--checkpoint", ckpt, "--n", "12", "--steps", "3", "--out",
                          tmp_path / "d.npz")
     assert code == 0, err
     _, settings = images_of(tmp_path / "d.npz")

@@ -26,8 +26,10 @@ from torch import nn
 from nets.checkpoint import CheckpointError, check_format_version, safe_load, save_checkpoint
 from nets.data import user_cache_dir
 from nets.pixels import IMAGE_SIZE, NUM_CLASSES
+from nets.progress import Progress
 
 KIND = "mnist-classifier"
+PROGRESS_EVERY = 25  # training steps between progress lines
 FEATURE_DIM = 128
 CLASSIFIER_ENV = "DDPM_CLASSIFIER"
 
@@ -132,6 +134,7 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, epochs: int = 8,
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * steps_per_epoch,
                                                 pct_start=0.15)
     model.train()
+    bar = Progress("classifier step", epochs * steps_per_epoch, unit_scale=batch_size, enabled=log)
     for epoch in range(epochs):
         perm = torch.randperm(len(x), generator=gen).to(device)
         total = 0.0
@@ -143,9 +146,10 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, epochs: int = 8,
             opt.step()
             sched.step()
             total += loss.item()
-        if log:
-            print(f"classifier epoch {epoch + 1}/{epochs}: loss {total / steps_per_epoch:.4f}",
-                  file=sys.stderr)
+            if (i + 1) % PROGRESS_EVERY == 0 or i + 1 == steps_per_epoch:
+                bar.update(epoch * steps_per_epoch + i + 1,
+                           f"epoch {epoch + 1}/{epochs} loss {total / (i + 1):.4f}")
+    bar.close()
     return model.eval()
 
 

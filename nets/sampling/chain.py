@@ -26,6 +26,7 @@ from typing import NamedTuple
 import torch
 
 from nets.diffusion import Diffusion
+from nets.progress import Progress
 from nets.sampling.settings import ChainOptions, DeviceCoefficients, Network
 
 NoiseFn = Callable[[int, torch.Tensor], torch.Tensor]
@@ -173,7 +174,10 @@ def sample(net: Network, coeffs: DeviceCoefficients, x_T: torch.Tensor, noise_fn
     ks = torch.arange(num_steps, device=x_T.device)  # ks[k:k+1] indexes step k without a copy
     x = x_T
     history = (torch.zeros_like(x_T), torch.zeros_like(x_T)) if multistep else None
+    bar = Progress(options.progress or "", num_steps, rate_unit="steps/s",
+                   enabled=options.progress is not None)
     for k in range(num_steps):
+        bar.update(k)
         if k in record:
             snaps.append(x.float().clone())
             snap_t.append(coeffs.timesteps_host[k] + 1)
@@ -184,6 +188,8 @@ def sample(net: Network, coeffs: DeviceCoefficients, x_T: torch.Tensor, noise_fn
         noise = noise_fn(k, x) if coeffs.noisy_steps[k] else None
         x, x0 = step(x, ks[k:k + 1], noise, history)
         history = (x0, history[0])
+    bar.update(num_steps)
+    bar.close()
     # The last step has ᾱ_prev = 1 and σ = 0, so x is x̂0 itself.
     images = x
     if num_snapshots:

@@ -28,6 +28,10 @@ from nets.pixels import NUM_CLASSES
 SAMPLERS = ("ddpm", "ddim", "dpmpp-2m", "dpmpp-3m", "sde-dpmpp-2m")
 MULTISTEP = {"dpmpp-2m": (2, False), "dpmpp-3m": (3, False), "sde-dpmpp-2m": (2, True)}  # order, SDE
 SPACINGS = (*get_args(core.Spacing), "logsnr")  # logsnr: uniform in λ (core.log_snr_timesteps)
+# The defaults are the best measured for quality per network call (docs/results.md, few-step
+# solvers): SDE-DPM-Solver++ 2M at 20 calls. ddpm and ddim default to all T steps (the papers').
+DEFAULT_SAMPLER = "sde-dpmpp-2m"
+SOLVER_STEPS = 20  # the DPM-Solver++ solvers' steps where none are asked for
 
 
 def min_steps(sampler: str) -> int:
@@ -52,11 +56,12 @@ class Network:
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """A reverse process over ``steps`` of the T timesteps (None: all T; fewer respaces them,
-    chosen by ``spacing``). ``eta`` is DDIM's η (ddim only, None = 0); ``variance`` DDPM's σ²
-    (ddpm only, None = posterior β̃)."""
+    """A reverse process over ``steps`` of the T timesteps (None: all T for ddpm and ddim, 20
+    for the DPM-Solver++ solvers; fewer than T respaces them, chosen by ``spacing``). ``eta`` is
+    DDIM's η (ddim only, None = 0); ``variance`` DDPM's σ² (ddpm only, None = posterior β̃).
+    The default is the best measured per network call: SDE-DPM-Solver++ 2M at 20 steps."""
 
-    sampler: str = "ddpm"
+    sampler: str = DEFAULT_SAMPLER
     steps: int | None = None
     eta: float | None = None
     variance: str | None = None
@@ -88,12 +93,19 @@ class SamplerSettings:
     def multistep(self) -> bool:
         return self.sampler in MULTISTEP
 
+    def steps_for(self, num_timesteps: int) -> int:
+        """The steps this sampler takes on a model of T = ``num_timesteps``."""
+        if self.steps is not None:
+            return self.steps
+        return min(SOLVER_STEPS, num_timesteps) if self.multistep else num_timesteps
+
     def table(self, schedule: core.DiffusionSchedule) -> core.ReverseCoefficients:
         """The core's step table on ``schedule``; ValueError if ``steps`` exceeds its T."""
         if self.steps is not None and self.steps > schedule.num_timesteps:
             raise ValueError(f"steps {self.steps} exceeds the model's T = {schedule.num_timesteps}")
-        return make_coefficients(schedule, self.sampler, self.steps, eta=self.eta or 0.0,
-                                 variance=self.variance or "posterior", spacing=self.spacing)
+        return make_coefficients(schedule, self.sampler, self.steps_for(schedule.num_timesteps),
+                                 eta=self.eta or 0.0, variance=self.variance or "posterior",
+                                 spacing=self.spacing)
 
     def describe(self, num_steps: int) -> str:
         """One line: the sampler, its steps, its own option, the spacing."""
@@ -186,13 +198,15 @@ class Conditioning:
 class ChainOptions:
     """One batch through the chain: its labels ``y`` (B,) or (1,) broadcast, CFG ``guidance``,
     x̂0 clipped to [-1, 1], ``num_snapshots`` x_t recorded along the way, ``cuda_graph``
-    replaying one captured step (one-step samplers on CUDA only)."""
+    replaying one captured step (one-step samplers on CUDA only); ``progress``: a progress line
+    of the steps with this label (None: none)."""
 
     y: torch.Tensor | None = None
     guidance: float | None = None
     clip_x0: bool = True
     num_snapshots: int = 0
     cuda_graph: bool = False
+    progress: str | None = None
 
     def __post_init__(self):
         _check_guidance(self.guidance)

@@ -151,11 +151,12 @@ def train_loop(run: TrainingRun, data: TrainingData) -> LoopEnd:
     """Train from ``run.step`` to the run's end, a caught signal, or the time limit.
 
     The end is ``run.planned_end`` where the --max-minutes budget fixed it (``nets.training.budget``,
-    recorded in the checkpoint), else ``data.total_steps`` (--max-steps or --epochs); the
-    learning-rate schedule decays to 0 there.
+    recorded in the checkpoint; a resumed session goes there whatever its clock says), else
+    ``data.total_steps`` (--max-steps or --epochs); the learning-rate schedule decays to 0 there.
     """
     cfg, world = run.cfg, run.world
-    time_limit = 60 * cfg.max_minutes if cfg.max_minutes else None
+    # a resumed run whose budget planned its end goes to that end: its own clock does not cut it
+    time_limit = 60 * cfg.max_minutes if cfg.max_minutes and run.planned_end is None else None
     end = run.planned_end or data.total_steps
     plan = None
     if time_limit is not None and run.planned_end is None:
@@ -211,6 +212,6 @@ def replan(run: TrainingRun, plan: ClockPlan, elapsed: float, end: int, progress
     run.planned_end = progress.total = plan.end
     if run.world.is_main:
         rate = (plan.end - run.step) / max(plan.time_limit - elapsed, 1e-9)
-        print(f"time budget: {format_duration(plan.time_limit)} reach step {plan.end} at "
+        print(f"time budget: the {format_duration(plan.time_limit)} budget reaches step {plan.end} at "
               f"{rate:.1f} steps/s; the learning rate decays to 0 there", file=sys.stderr, flush=True)
     return plan.end

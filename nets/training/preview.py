@@ -6,8 +6,9 @@ The digits come from the same x_T (seed ``cfg.seed + 2``) through DPM-Solver++ 2
 ODE solver at ``PREVIEW_SAMPLER``'s 10 network calls, so from one preview to the next they change
 only as the model does. A conditional model shows ``PER_CLASS`` digits of each class, one column
 per class. Previews never touch the training's random streams (their generator is their own), so
-a run's losses are the same with or without them; they skip their turn while they have taken more
-than ``MAX_SHARE`` of the run's time, so their cost stays below it whatever the machine.
+a run's losses are the same with or without them; at the default interval they skip a turn that
+would take them past ``MAX_SHARE`` of the run's time so far, so their cost stays below it whatever
+the machine (an interval given with --preview-every is kept as asked).
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ class PreviewEvery:
     minutes: float | None = None
 
     def describe(self) -> str:
-        return f"every {self.steps} steps" if self.steps else f"every {self.minutes:g} minutes"
+        if self.steps:
+            return f"every {self.steps} step{'s' if self.steps > 1 else ''}"
+        return f"every {self.minutes:g} minute{'s' if self.minutes != 1 else ''}"
 
 
 def parse_preview_every(text: str) -> PreviewEvery:
@@ -76,8 +79,9 @@ def preview_every(cfg: TrainConfig, end: int) -> PreviewEvery:
 class Preview:
     """Rank 0's previews of one training session; :meth:`maybe_write` after every step."""
 
-    def __init__(self, run_dir: Path, net: Network, every: PreviewEvery, seed: int, start_step: int):
-        self.run_dir, self.net, self.every = run_dir, net, every
+    def __init__(self, run_dir: Path, net: Network, every: PreviewEvery, seed: int, start_step: int,
+                 capped: bool = True):
+        self.run_dir, self.net, self.every, self.capped = run_dir, net, every, capped
         device = net.device
         conditional = net.model.config.num_classes > 0
         n = PER_CLASS * NUM_CLASSES if conditional else UNCONDITIONAL_DIGITS
@@ -86,7 +90,7 @@ class Preview:
         y = torch.arange(n, device=device) % NUM_CLASSES if conditional else None
         self.options = ChainOptions(y=y)
         self.coeffs = DeviceCoefficients(PREVIEW_SAMPLER.table(net.diffusion.schedule)).to(device)
-        self.spent, self.next_minute, self.off = 0.0, every.minutes, False
+        self.spent, self.last_cost, self.next_minute, self.off = 0.0, 0.0, every.minutes, False
         self.steps, self.rows = _read_history(run_dir / "preview-history.npz", start_step)
 
     def due(self, step: int, elapsed: float) -> bool:
@@ -99,8 +103,11 @@ class Preview:
         return True
 
     def maybe_write(self, step: int, elapsed: float) -> None:
-        """Write a preview where one is due and previews have used at most MAX_SHARE of the time."""
-        if self.off or not self.due(step, elapsed) or self.spent > MAX_SHARE * elapsed:
+        """Write a preview where one is due and, when ``capped`` (the default interval), previews
+        stay within MAX_SHARE of the time so far (the last one's cost stands for the next one's);
+        an interval asked for with --preview-every is kept whatever it costs."""
+        over = self.capped and self.spent + self.last_cost > MAX_SHARE * elapsed
+        if self.off or over or not self.due(step, elapsed):
             return
         t0 = time.perf_counter()
         try:
@@ -109,7 +116,8 @@ class Preview:
             self.off = True
             print(f"preview: cannot write to {self.run_dir}: {_reason(err)}; no more previews in this "
                   f"session (training goes on)", file=sys.stderr, flush=True)
-        self.spent += time.perf_counter() - t0
+        self.last_cost = time.perf_counter() - t0
+        self.spent += self.last_cost
 
     def write(self, step: int) -> None:
         """preview.png (all digits), preview-history.png and .npz (one row per preview)."""
