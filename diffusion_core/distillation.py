@@ -5,7 +5,7 @@ its teacher's two DDIM steps t → t' → t'' land.
 With α = √ᾱ, σ = √(1-ᾱ) and the DDIM (η = 0) step of Song et al. (2021) eq. 12 written as a
 jump between any two indices s < t,
 
-    z_s = A(t, s)·x̂0 + B(t, s)·z_t,   B = σ_s/σ_t,   A = α_s − B·α_t = sin(θ_t − θ_s)/sin θ_t
+    z_s = A(t, s)·x̂0 + B(t, s)·z_t,   B = σ_s/σ_t,   A = α_s − B·α_t = sin(θ_t − θ_s)/σ_t
 
 (θ = atan2(σ, α), the angle of the VP path; s = -1 is the clean end, ᾱ = 1: A = 1, B = 0), the
 teacher goes z_t → z_t' → z_t'' with its x̂0 at (z_t, t) and at (z_t', t'), and the student's
@@ -39,10 +39,12 @@ from diffusion_core.schedule import DiffusionSchedule
 CLEAN = -1  # the index of x0 itself (ᾱ = 1) as a jump's target
 
 
-def _angles(schedule: DiffusionSchedule, t: np.ndarray) -> np.ndarray:
-    """θ_t = atan2(σ_t, α_t) of indices t (CLEAN: θ = 0), float64."""
-    theta = np.arctan2(schedule.sqrt_one_minus_alphas_cumprod, schedule.sqrt_alphas_cumprod)
-    return np.where(t == CLEAN, 0.0, theta[np.maximum(t, 0)])
+def _angles_and_sigmas(schedule: DiffusionSchedule, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """θ_t = atan2(σ_t, α_t) and σ_t of indices t (CLEAN: θ = 0, σ = 0), float64."""
+    sigma = schedule.sqrt_one_minus_alphas_cumprod
+    theta = np.arctan2(sigma, schedule.sqrt_alphas_cumprod)
+    clean = t == CLEAN
+    return np.where(clean, 0.0, theta[np.maximum(t, 0)]), np.where(clean, 0.0, sigma[np.maximum(t, 0)])
 
 
 def _jump_indices(schedule: DiffusionSchedule, t: Any, s: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -61,11 +63,11 @@ def ddim_jump_coefficients(schedule: DiffusionSchedule, t: Any, s: Any) -> tuple
     """(A, B) float64, of the broadcast shape of ``t`` and ``s``: the DDIM η = 0 step from index t
     down to s (s = -1: the clean end) is z_s = A·x̂0 + B·z_t (module docstring)."""
     t, s = _jump_indices(schedule, t, s)
-    theta_t, theta_s = _angles(schedule, t), _angles(schedule, s)
-    # Song et al. (2021) eq. 12 at η = 0 with ε̂ = (z_t − α_t x̂0)/σ_t, in angles: exact to the
-    # last bits where s and t are close (α_s σ_t − σ_s α_t would cancel)
-    a = np.sin(theta_t - theta_s) / np.sin(theta_t)
-    b = np.sin(theta_s) / np.sin(theta_t)
+    (theta_t, sigma_t), (theta_s, sigma_s) = _angles_and_sigmas(schedule, t), _angles_and_sigmas(schedule, s)
+    # Song et al. (2021) eq. 12 at η = 0 with ε̂ = (z_t − α_t x̂0)/σ_t. A in angles: full precision
+    # where s and t are close, where α_s σ_t − σ_s α_t would cancel
+    a = np.sin(theta_t - theta_s) / sigma_t
+    b = sigma_s / sigma_t
     return a, b
 
 

@@ -21,9 +21,11 @@ def schedule_and_pairs(draw, zero_terminal_snr=None):
 
 
 def alpha_sigma(schedule, idx):
-    """(√ᾱ, √(1-ᾱ)) at indices idx, with -1 the clean end (1, 0): the plain definitions."""
-    a = np.where(idx < 0, 1.0, np.sqrt(schedule.alphas_cumprod[np.maximum(idx, 0)]))
-    s = np.where(idx < 0, 0.0, np.sqrt(1.0 - schedule.alphas_cumprod[np.maximum(idx, 0)]))
+    """(√ᾱ, √(1-ᾱ)) at indices idx, with -1 the clean end (1, 0), from the schedule's tables (its
+    1 - ᾱ is computed without the cancellation a plain 1 - ᾱ has where ᾱ ≈ 1)."""
+    i = np.maximum(idx, 0)
+    a = np.where(idx < 0, 1.0, schedule.sqrt_alphas_cumprod[i])
+    s = np.where(idx < 0, 0.0, schedule.sqrt_one_minus_alphas_cumprod[i])
     return a, s
 
 
