@@ -201,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         return SIGNAL_EXIT_CODES[end.signal]
     if world.is_main:
         print(f"trained to step {end.step} in {end.seconds:.1f}s", file=sys.stderr)
+        if run.preview is not None and run.preview.written:
+            print(f"previews: {run.preview.written} written in {run.preview.spent:.1f}s "
+                  f"({100 * run.preview.spent / max(end.seconds, 1e-9):.1f}% of the training time)",
+                  file=sys.stderr)
 
     # ---- figures (rank 0 alone) ----------------------------------------------------------------
     if cfg.figures and world.is_main:

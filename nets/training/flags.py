@@ -87,8 +87,9 @@ def add_diffusion_flags(g, d: TrainConfig) -> None:
     g.add_argument("--objective", choices=get_args(core.Objective), default=d.objective,
                    help="what the network predicts")
     g.add_argument("--loss-weighting", choices=get_args(core.LossWeighting), default=d.loss_weighting,
-                   help="per-timestep loss weight: uniform (Ho et al. 2020) or min-snr "
-                   "(min(SNR, gamma) on the x0 scale, Hang et al. 2023)")
+                   help="per-timestep loss weight: uniform (Ho et al. 2020), min-snr (min(SNR, gamma) "
+                   "on the x0 scale, Hang et al. 2023) or truncated-snr (max(SNR, 1) on the x0 scale, "
+                   "Salimans & Ho 2022; meant for --objective v or x0: on eps it grows as 1/SNR)")
     g.add_argument("--min-snr-gamma", type=cli.positive_float, default=d.min_snr_gamma,
                    help="with --loss-weighting min-snr: the SNR cap gamma")
     g.add_argument("--conditional", action=argparse.BooleanOptionalAction, default=d.conditional,

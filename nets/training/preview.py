@@ -91,6 +91,7 @@ class Preview:
         self.options = ChainOptions(y=y)
         self.coeffs = DeviceCoefficients(PREVIEW_SAMPLER.table(net.diffusion.schedule)).to(device)
         self.spent, self.last_cost, self.next_minute, self.off = 0.0, 0.0, every.minutes, False
+        self.written = 0
         self.steps, self.rows = _read_history(run_dir / "preview-history.npz", start_step)
 
     def due(self, step: int, elapsed: float) -> bool:
@@ -118,6 +119,7 @@ class Preview:
                   f"session (training goes on)", file=sys.stderr, flush=True)
         self.last_cost = time.perf_counter() - t0
         self.spent += self.last_cost
+        self.written += 1
 
     def write(self, step: int) -> None:
         """preview.png (all digits), preview-history.png and .npz (one row per preview)."""
