@@ -189,29 +189,3 @@ def test_bad_distillation_inputs_are_refused_by_name(call, message):
     schedule = core.DiffusionSchedule.from_betas(core.linear_betas(10))
     with pytest.raises(ValueError, match=message):
         call(schedule)
-
-
-# ---- the truncated-SNR weights (Salimans & Ho 2022 §4) ----------------------------------------
-
-@given(named_schedules(zero_terminal_snr=False), st.sampled_from(["eps", "x0", "v"]), st.data())
-def test_truncated_snr_weights_make_every_objective_the_x0_loss_times_max_snr_1(schedule, objective, data):
-    T = schedule.num_timesteps
-    t = np.array(data.draw(st.integers(0, T - 1)))
-    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
-    x0, eps, error = rng.standard_normal((3, 16))
-    xt = core.q_sample(schedule, x0, t, eps)
-    tables = core.objective_tables(schedule, objective)
-    target = tables.target_x0_coef[t] * x0 + tables.target_eps_coef[t] * eps
-    pred = target + 1e-3 * error
-    x0_hat = tables.x0_from_xt_coef[t] * xt + tables.x0_from_output_coef[t] * pred
-    w = core.loss_weights(schedule, objective, "truncated-snr")[t]
-    assert w * np.sum((pred - target) ** 2) == pytest.approx(
-        max(schedule.snr[t], 1.0) * np.sum((x0_hat - x0) ** 2), rel=1e-6)
-
-
-def test_truncated_snr_weights_at_zero_terminal_snr_are_finite_for_v_and_x0_and_refused_for_eps():
-    schedule = core.DiffusionSchedule.from_betas(core.rescale_zero_terminal_snr(core.linear_betas(100)))
-    assert core.loss_weights(schedule, "v", "truncated-snr")[-1] == 1.0  # max(0, 1)/(0 + 1)
-    assert core.loss_weights(schedule, "x0", "truncated-snr")[-1] == 1.0
-    with pytest.raises(ValueError, match="SNR = 0"):
-        core.loss_weights(schedule, "eps", "truncated-snr")

@@ -13,24 +13,45 @@ from nets.diffusion import Diffusion
 OBJECTIVES = ["eps", "x0", "v"]
 
 
-@given(named_schedules(zero_terminal_snr=False), st.sampled_from(OBJECTIVES), st.floats(0.1, 20.0),
-       st.data())
-def test_min_snr_weights_make_every_objective_the_capped_x0_loss(schedule, objective, gamma, data):
-    """w_o(t)·‖ô - o‖² = min(SNR_t, γ)·‖x̂0 - x0‖² for any error, with x̂0 from the core's own
-    conversion of the prediction: the definition of min-SNR-γ (Hang et al. 2023 eq. 6)."""
-    T = schedule.num_timesteps
-    t = np.array(data.draw(st.integers(0, T - 1)))
-    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+def squared_errors(schedule, objective, t, seed):
+    """(‖ô − o‖², ‖x̂0 − x0‖²) of one small prediction error in ``objective``'s space at step t,
+    x̂0 from the core's own conversion of the prediction."""
+    rng = np.random.default_rng(seed)
     x0, eps, error = rng.standard_normal((3, 16))
     xt = core.q_sample(schedule, x0, t, eps)
     tables = core.objective_tables(schedule, objective)
     target = tables.target_x0_coef[t] * x0 + tables.target_eps_coef[t] * eps
     pred = target + 1e-3 * error
     x0_hat = tables.x0_from_xt_coef[t] * xt + tables.x0_from_output_coef[t] * pred
-    snr = schedule.alphas_cumprod[t] / (1 - schedule.alphas_cumprod[t])
+    return np.sum((pred - target) ** 2), np.sum((x0_hat - x0) ** 2)
+
+
+@given(named_schedules(zero_terminal_snr=False), st.sampled_from(OBJECTIVES), st.floats(0.1, 20.0),
+       st.data())
+def test_min_snr_weights_make_every_objective_the_capped_x0_loss(schedule, objective, gamma, data):
+    """w_o(t)·‖ô - o‖² = min(SNR_t, γ)·‖x̂0 - x0‖² for any error: the definition of min-SNR-γ
+    (Hang et al. 2023 eq. 6)."""
+    t = np.array(data.draw(st.integers(0, schedule.num_timesteps - 1)))
+    own, x0_space = squared_errors(schedule, objective, t, data.draw(st.integers(0, 2**32 - 1)))
     w = core.loss_weights(schedule, objective, "min-snr", gamma)[t]
-    assert w * np.sum((pred - target) ** 2) == pytest.approx(
-        min(snr, gamma) * np.sum((x0_hat - x0) ** 2), rel=1e-6)
+    assert w * own == pytest.approx(min(schedule.snr[t], gamma) * x0_space, rel=1e-6)
+
+
+@given(named_schedules(zero_terminal_snr=False), st.sampled_from(OBJECTIVES), st.data())
+def test_truncated_snr_weights_make_every_objective_the_x0_loss_times_max_snr_1(schedule, objective, data):
+    """w_o(t)·‖ô - o‖² = max(SNR_t, 1)·‖x̂0 - x0‖²: Salimans & Ho (2022) §4's truncated SNR."""
+    t = np.array(data.draw(st.integers(0, schedule.num_timesteps - 1)))
+    own, x0_space = squared_errors(schedule, objective, t, data.draw(st.integers(0, 2**32 - 1)))
+    w = core.loss_weights(schedule, objective, "truncated-snr")[t]
+    assert w * own == pytest.approx(max(schedule.snr[t], 1.0) * x0_space, rel=1e-6)
+
+
+def test_truncated_snr_weights_at_zero_terminal_snr_are_finite_for_v_and_x0_and_refused_for_eps():
+    schedule = core.DiffusionSchedule.from_betas(core.rescale_zero_terminal_snr(core.linear_betas(100)))
+    assert core.loss_weights(schedule, "v", "truncated-snr")[-1] == 1.0  # max(0, 1)/(0 + 1)
+    assert core.loss_weights(schedule, "x0", "truncated-snr")[-1] == 1.0
+    with pytest.raises(ValueError, match="SNR = 0"):
+        core.loss_weights(schedule, "eps", "truncated-snr")
 
 
 def test_uniform_weights_are_one_and_min_snr_caps_only_the_clean_steps():
