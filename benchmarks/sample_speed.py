@@ -39,6 +39,7 @@ import diffusion_core as core
 from benchmarks import measure, workload
 from benchmarks.naive import naive_sample
 from nets import cli
+from nets.checkpoint import CheckpointError, load_model
 from nets.diffusion import Diffusion
 from nets.sampling import ChainOptions, DeviceCoefficients, Network, make_coefficients, sample
 
@@ -65,11 +66,34 @@ def first_steps(coeffs: core.ReverseCoefficients, n: int) -> core.ReverseCoeffic
                                        for f in dataclasses.fields(coeffs)})
 
 
+def model_to_time(args, device: torch.device) -> tuple[nn.Module, Diffusion]:
+    """The --checkpoint's model (a distilled student sets the default sampler and steps: its own
+    DDIM chain), else a seeded U-Net of the model flags on --timesteps."""
+    if args.checkpoint is None:
+        args.samplers = args.samplers or ["ddpm", "ddim"]
+        model = workload.build_unet(workload.unet_config(args), args.seed).to(device).eval()
+        return model, Diffusion(workload.schedule(args.timesteps)).to(device)
+    try:
+        loaded = load_model(args.checkpoint, "ema", device)
+    except CheckpointError as err:
+        cli.fail(f"--checkpoint: {err}")
+    args.timesteps = loaded.diffusion.num_timesteps
+    if loaded.distilled is not None:
+        args.samplers = args.samplers or ["ddim"]
+        args.steps = args.steps or [loaded.distilled.steps]
+    args.samplers = args.samplers or ["ddpm", "ddim"]
+    return loaded.model, loaded.diffusion
+
+
 def build_parser() -> cli.Parser:
     p = cli.Parser(prog="python -m benchmarks.sample_speed", description=__doc__.splitlines()[0])
     workload.add_common_args(p, DEFAULTS, QUICK)
-    p.add_argument("--samplers", type=workload.csv_of(str), default="ddpm,ddim",
-                   help=f"comma-separated: {', '.join(DEFAULT_STEPS)}")
+    p.add_argument("--samplers", type=workload.csv_of(str),
+                   help=f"comma-separated: {', '.join(DEFAULT_STEPS)} (default: ddpm,ddim; a "
+                   f"distilled --checkpoint: ddim at its own steps)")
+    p.add_argument("--checkpoint", type=cli.existing_path,
+                   help="time this trained model (run directory or checkpoint.pt) instead of a "
+                   "seeded U-Net of the model flags; its T replaces --timesteps")
     p.add_argument("--steps", type=workload.csv_of(cli.positive_int),
                    help="comma-separated step counts K for every sampler; None: T for ddpm, 50 "
                    "for ddim")
@@ -87,14 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device
     if args.window == "auto":
         args.window = 0 if device.type == "cuda" else 10
+    model, diffusion = model_to_time(args, device)
     unknown = set(args.samplers) - set(DEFAULT_STEPS)
     if unknown:
         cli.fail(f"--samplers: unknown {sorted(unknown)} (use {', '.join(DEFAULT_STEPS)})")
     if args.cuda_graph and device.type != "cuda":
         print("note: --cuda-graph needs CUDA; not timed", file=sys.stderr)
-    schedule = workload.schedule(args.timesteps)
-    diffusion = Diffusion(schedule).to(device)
-    model = workload.build_unet(workload.unet_config(args), args.seed).to(device).eval()
+    schedule = diffusion.schedule
     peak_args = (device, args.precision, 2 * args.repeats, args.clock)
     peaks = [measure.matmul_peaks(*peak_args)]
     x2 = torch.randn(2, 1, 28, 28, device=device)
@@ -201,7 +224,8 @@ def _report(rows, args, machine, peaks, flops_call) -> None:
         measure.write_json(args.json, {
             "benchmark": "sample_speed", "machine": machine,
             "load_average_end": [round(v, 2) for v in os.getloadavg()],
-            "settings": workload.settings(args, "samplers", "steps", "eta", "window", "cuda_graph"),
+            "settings": {**workload.settings(args, "samplers", "steps", "eta", "window", "cuda_graph"),
+                         "checkpoint": None if args.checkpoint is None else str(args.checkpoint)},
             "peaks": peaks, "flops_per_image_per_call": flops_call,
             "default_speedup_vs_naive": default,
             "results": [{k: v for k, v in r.items() if k not in ("s_step", "spread")} for r in rows]})

@@ -40,6 +40,27 @@ def run(cmd):
     subprocess.run([sys.executable, "-m", *map(str, cmd)], check=True)
 
 
+def sample_and_score(args, checkpoint: Path, npz: Path, sampler_flags: list) -> dict:
+    """1,000 (``args.n``) digits of ``checkpoint`` with ``sampler_flags`` (seed 0) into ``npz``,
+    scored by ``nets.evaluate`` against the real digits it never trained on; each file is made
+    once (a rerun reuses it). The row's numbers, the floor at the same n beside them."""
+    if not npz.exists():
+        run(["nets.sample", "--checkpoint", checkpoint, "--n", args.n, *sampler_flags, "--seed", 0,
+             "--batch-size", 250, "--no-progress", "--out", npz])
+    report = npz.with_name(f"{npz.stem}.eval.json")
+    if not report.exists():
+        run(["nets.evaluate", "--samples", npz, "--data-dir", args.data_dir, "--split", args.split,
+             "--checkpoint", checkpoint, "--nll-images", 0, "--json", report,
+             *(["--classifier", args.classifier] if args.classifier else [])])
+    r = json.loads(report.read_text())
+    return {"fd": r["metrics"]["frechet_distance"], "recognised": r["metrics"]["confident_fraction"],
+            "class_entropy": r["metrics"]["class_entropy"],
+            "memorisation_ratio": r["metrics"]["memorisation_ratio"],
+            "floor_fd": r["real_floor"]["frechet_distance"],
+            "floor_recognised": r["real_floor"]["confident_fraction"],
+            "images_per_second": r["samples"].get("images_per_second")}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("run_dir", type=Path)
@@ -57,24 +78,9 @@ def main() -> None:
     rows = []
     for sampler, spacing, steps in settings:
         npz = args.out_dir / f"{sampler}-{spacing}-{steps}.npz"
-        if not npz.exists():
-            run(["nets.sample", "--checkpoint", args.run_dir, "--n", args.n, "--sampler", sampler,
-                 "--steps", steps, "--spacing", spacing, "--seed", 0, "--batch-size", 250,
-                 "--no-progress", "--out", npz])
-        report = npz.with_name(f"{npz.stem}.eval.json")
-        if not report.exists():
-            run(["nets.evaluate", "--samples", npz, "--data-dir", args.data_dir, "--split", args.split,
-                 "--checkpoint", args.run_dir, "--nll-images", 0, "--json", report,
-                 *(["--classifier", args.classifier] if args.classifier else [])])
-        r = json.loads(report.read_text())
+        flags = ["--sampler", sampler, "--steps", steps, "--spacing", spacing]
         rows.append({"sampler": sampler, "spacing": spacing, "calls": steps,
-                     "fd": r["metrics"]["frechet_distance"],
-                     "recognised": r["metrics"]["confident_fraction"],
-                     "class_entropy": r["metrics"]["class_entropy"],
-                     "memorisation_ratio": r["metrics"]["memorisation_ratio"],
-                     "floor_fd": r["real_floor"]["frechet_distance"],
-                     "floor_recognised": r["real_floor"]["confident_fraction"],
-                     "images_per_second": r["samples"].get("images_per_second")})
+                     **sample_and_score(args, args.run_dir, npz, flags)})
     write_json_atomic(args.out_dir / "sweep.json", rows)
     plot(rows, args.out_dir / "solver_quality.png")
     grids(settings, args.out_dir, args.out_dir / "solver_grids.png")

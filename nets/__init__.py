@@ -8,13 +8,13 @@ From Python, one import does it (docs/api.md)::
 
 All diffusion math comes from :mod:`diffusion_core` (float64 NumPy); this package only turns its
 tables into tensors (:func:`nets.diffusion.extract`) and runs networks. Commands (thin: flags →
-library → report): ``python -m nets.train``, ``nets.sample``, ``nets.edit``, ``nets.evaluate``,
-``nets.train_classifier``. docs/architecture.md has the map of every module and the data flow of
-one training step and one sampling call.
+library → report): ``python -m nets.train``, ``nets.distill``, ``nets.sample``, ``nets.edit``,
+``nets.evaluate``, ``nets.train_classifier``. docs/architecture.md has the map of every module and
+the data flow of one training step and one sampling call.
 """
 
 _PUBLIC = {  # name: module; imported on first use, so `python -m nets.train` does not load them
-    "load": "nets.pipeline", "Pipeline": "nets.pipeline",
+    "load": "nets.pipeline", "Pipeline": "nets.pipeline", "DistilledStepsWarning": "nets.pipeline",
     "SamplerSettings": "nets.sampling.settings", "SampleOptions": "nets.sampling.settings",
     "Conditioning": "nets.sampling.settings", "InpaintSettings": "nets.editing.inpaint",
     "ScoreOptions": "nets.evaluation.scoring", "make_judge": "nets.evaluation.scoring",

@@ -121,10 +121,40 @@ class LoadedModel:
     path: Path
     class_counts: list[int] | None = None  # training images per digit (checkpoints since 2026-12)
     weights: str = "ema"  # which of the checkpoint's weights: "ema" or "raw"
+    distilled: Distilled | None = None  # a nets.distill student: the steps it was distilled for
 
     @property
     def conditional(self) -> bool:
         return self.model.config.num_classes > 0
+
+
+@dataclass(frozen=True)
+class Distilled:
+    """What a ``nets.distill`` student records: the ascending ``timesteps`` of the DDIM (η = 0)
+    chain it was distilled for (trailing spacing), its teacher and the step count it started from."""
+
+    timesteps: tuple[int, ...]
+    teacher: str
+    from_steps: int
+
+    @property
+    def steps(self) -> int:
+        return len(self.timesteps)
+
+    @classmethod
+    def from_record(cls, record: object, path: Path, num_timesteps: int) -> Distilled:
+        """The checkpoint's ``distilled`` entry, checked; CheckpointError naming what is wrong."""
+        try:
+            timesteps = tuple(int(t) for t in record["timesteps"])
+            out = cls(timesteps, str(record["teacher"]), int(record["from_steps"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{path}: its distillation record is incomplete "
+                                  f"({type(err).__name__}: {err})") from None
+        if (not timesteps or list(timesteps) != sorted(set(timesteps))
+                or timesteps[0] < 0 or timesteps[-1] >= num_timesteps):
+            raise CheckpointError(f"{path}: its distilled step list is not ascending indices in "
+                                  f"[0, {num_timesteps - 1}]")
+        return out
 
 
 def load_model(path: str | os.PathLike, weights: str = "ema",
@@ -157,8 +187,10 @@ def load_model(path: str | os.PathLike, weights: str = "ema",
                               + (" (try --weights raw)" if weights == "ema" else ""))
     load_weights(model, state[key], f"{weights} weights in {resolved}")
     model.requires_grad_(False)
+    record = state.get("distilled")
+    distilled = None if record is None else Distilled.from_record(record, resolved, diffusion.num_timesteps)
     return LoadedModel(model.to(device).eval(), diffusion.to(device), cfg, step, resolved,
-                       _class_counts(state.get("class_counts"), resolved), weights)
+                       _class_counts(state.get("class_counts"), resolved), weights, distilled)
 
 
 def _class_counts(counts, path: Path) -> list[int] | None:

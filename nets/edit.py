@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     inputs = check_inputs(parser, args)  # every bad value exits here, before the model loads
+    cli.warnings_as_lines()
     device = cli.device_from_flag(args.device)
     amp = cli.autocast_from_flag(args.precision, device)
     try:

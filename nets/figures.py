@@ -45,7 +45,8 @@ def smoothed(values: np.ndarray, beta: float = 0.98) -> np.ndarray:
     return out
 
 
-def plot_loss(steps: np.ndarray, losses: np.ndarray, epochs: np.ndarray, path: Path) -> None:
+def plot_loss(steps: np.ndarray, losses: np.ndarray, epochs: np.ndarray, path: Path,
+              title: str = "Training loss") -> None:
     """F1: per-step loss, its bias-corrected exponential average, and each epoch's mean marked."""
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(steps, losses, color="tab:blue", alpha=0.25, lw=0.8, label="per-step loss")
@@ -58,7 +59,7 @@ def plot_loss(steps: np.ndarray, losses: np.ndarray, epochs: np.ndarray, path: P
     ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel("MSE loss")
-    ax.set_title("Training loss")
+    ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     fig.tight_layout()

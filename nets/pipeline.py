@@ -16,6 +16,7 @@ cannot be used: :class:`nets.checkpoint.CheckpointError`, a ValueError too).
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -43,6 +44,11 @@ from nets.sampling.settings import (
 DEFAULT_AUTOGUIDANCE = 2.0
 EDIT_STEPS = 50  # DDIM steps of inversion and decoding
 DIGIT_REQUESTS = ("all", "frequencies")  # besides a digit 0-9
+
+
+class DistilledStepsWarning(UserWarning):
+    """A distilled student asked to run a chain it was not distilled for: it runs, but only its
+    own DDIM steps were trained to match the teacher (``nets.distill``)."""
 
 
 def load(path: str | os.PathLike, device: str = "auto", precision: str = "auto",
@@ -87,8 +93,35 @@ class Pipeline:
     def describe(self) -> str:
         """One line: checkpoint, step, weights, T, device and arithmetic."""
         m = self.loaded
-        return (f"{m.path} (step {m.step}, {m.weights} weights, T={m.diffusion.num_timesteps}); "
+        kind = "" if m.distilled is None else f", distilled for {m.distilled.steps} DDIM steps"
+        return (f"{m.path} (step {m.step}, {m.weights} weights, T={m.diffusion.num_timesteps}{kind}); "
                 f"device {self.device}, {describe_precision(self.autocast_dtype)}")
+
+    @property
+    def default_sampler(self) -> SamplerSettings:
+        """What :meth:`sample` runs unless told: ``SamplerSettings()`` (SDE-DPM-Solver++ 2M, 20
+        steps), or for a distilled student the DDIM (η = 0) chain it was distilled for."""
+        distilled = self.loaded.distilled
+        return SamplerSettings() if distilled is None else SamplerSettings("ddim", steps=distilled.steps)
+
+    def sampler_warning(self, sampler: SamplerSettings) -> str | None:
+        """Why ``sampler`` is not what this distilled student was trained for (None: it is, or
+        the model is not distilled). A warning, not a refusal: the student still denoises at
+        every t, and comparing it off its steps is a fair question to ask of it."""
+        distilled = self.loaded.distilled
+        if distilled is None:
+            return None
+        steps = tuple(int(t) for t in sorted(sampler.table(self.loaded.diffusion.schedule).timesteps))
+        if sampler.sampler == "ddim" and not sampler.eta and steps == distilled.timesteps:
+            return None
+        return (f"{self.loaded.path} was distilled for DDIM (eta 0) at {distilled.steps} steps; "
+                f"{sampler.describe(len(steps))} is not the chain it was trained to match, so its "
+                f"digits may be worse (the default, no sampler given, is its own chain)")
+
+    def _warn_off_steps(self, sampler: SamplerSettings) -> None:
+        message = self.sampler_warning(sampler)
+        if message:
+            warnings.warn(message, DistilledStepsWarning, stacklevel=3)
 
     def with_progress(self, progress: bool = True) -> Pipeline:
         """This pipeline printing the one progress line (on stderr) while it samples or edits."""
@@ -112,8 +145,10 @@ class Pipeline:
                options: SampleOptions | None = None) -> Generated:
         """``n`` digits (``.images`` (n, 28, 28) uint8, ``.labels`` of a conditional model,
         ``.as_tensor()`` in [-1, 1]) from the reverse chain of ``sampler`` (default
-        ``SamplerSettings()``: SDE-DPM-Solver++ 2M at 20 steps, the best measured per network
-        call; ``SamplerSettings("ddpm")`` is the paper's chain over all T), seeded by ``seed``.
+        :attr:`default_sampler`: SDE-DPM-Solver++ 2M at 20 steps, the best measured per network
+        call, or a distilled student's own DDIM steps; ``SamplerSettings("ddpm")`` is the paper's
+        chain over all T), seeded by ``seed``. A distilled student run on another chain warns
+        (:class:`DistilledStepsWarning`).
 
         A conditional model is asked for ``digit``: 0-9, "all" (0, 1, ..., 9 in turn) or
         "frequencies" (drawn from its training class frequencies: p(x); the default where the
@@ -122,9 +157,10 @@ class Pipeline:
         """
         if not isinstance(n, int | np.integer) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
-        sampler = sampler or SamplerSettings()
+        sampler = sampler or self.default_sampler
         options = options or SampleOptions(progress=self.progress)
         coeffs = self._coefficients(sampler)
+        self._warn_off_steps(sampler)
         if options.cuda_graph and (self.device.type != "cuda" or sampler.multistep):
             raise ValueError(f"cuda_graph needs a CUDA device and a one-step sampler (ddpm, ddim), "
                              f"got {self.device} and {sampler.sampler}")
@@ -195,6 +231,7 @@ class Pipeline:
         inversion over ``steps``; :meth:`decode` takes them back. ``digit``/``guidance``: the
         label (and CFG w) of a conditional model, else its "no label"."""
         x0 = to_training_tensor(_check_digits(images, "images"), self.device)
+        self._warn_off_steps(SamplerSettings("ddim", steps=_check_steps(steps)))
         options = replace(self.edit_options(len(x0), digit, guidance), progress=self._label("inverting step"))
         with torch.inference_mode():
             return invert(self.net, x0, _check_steps(steps), options)
@@ -204,6 +241,7 @@ class Pipeline:
         """Latents x_T (N, 1, 28, 28) → uint8 digits (N, 28, 28) by DDIM (η = 0) over ``steps``."""
         if latents.ndim != 4 or tuple(latents.shape[1:]) != IMAGE_SHAPE:
             raise ValueError(f"latents must have shape (N, 1, 28, 28), got {tuple(latents.shape)}")
+        self._warn_off_steps(SamplerSettings("ddim", steps=_check_steps(steps)))
         options = replace(self.edit_options(len(latents), digit, guidance),
                           progress=self._label("decoding step"))
         with torch.inference_mode():
@@ -287,4 +325,4 @@ def _check_steps(steps: int) -> int:
     return int(steps)
 
 
-__all__ = ["Pipeline", "load"]
+__all__ = ["DistilledStepsWarning", "Pipeline", "load"]

@@ -52,13 +52,15 @@ def build_parser() -> cli.Parser:
     p.add_argument("--weights", choices=["ema", "raw"], default="ema",
                    help="EMA-averaged or raw training weights")
     p.add_argument("--n", type=cli.positive_int, default=64, help="number of images")
-    p.add_argument("--sampler", choices=SAMPLERS, default=DEFAULT_SAMPLER,
-                   help="reverse process: the DPM-Solver++ solvers sde-dpmpp-2m (stochastic; the "
-                   "best quality per network call measured, docs/results.md), dpmpp-2m, dpmpp-3m "
-                   "(ODE), or ddim, or ddpm (the paper's ancestral chain)")
+    p.add_argument("--sampler", choices=SAMPLERS,
+                   help=f"reverse process: the DPM-Solver++ solvers sde-dpmpp-2m (stochastic; the "
+                   f"best quality per network call measured, docs/results.md), dpmpp-2m, dpmpp-3m "
+                   f"(ODE), or ddim, or ddpm (the paper's ancestral chain) (default: {DEFAULT_SAMPLER}; "
+                   f"for a nets.distill student, ddim at the steps it was distilled for)")
     p.add_argument("--steps", type=cli.positive_int,
                    help=f"reverse steps K (default: {SOLVER_STEPS} for the DPM-Solver++ solvers, all "
-                   f"T of the checkpoint for ddpm and ddim; K < T respaces)")
+                   f"T of the checkpoint for ddpm and ddim, a distilled student's own K; K < T "
+                   f"respaces)")
     p.add_argument("--spacing", choices=SPACINGS, default="trailing",
                    help="how K of the T timesteps are chosen when respacing; logsnr: uniform in "
                    "log-SNR, 0 and T-1 kept (measured worse than trailing on MNIST, docs/results.md)")
@@ -95,6 +97,7 @@ def build_parser() -> cli.Parser:
 
 def check_flag_combinations(parser: cli.Parser, args) -> None:
     """Flags that are valid alone but not together: exit 2 naming the flag."""
+    sampler = args.sampler or DEFAULT_SAMPLER
     if args.out.suffix not in OUTPUT_SUFFIXES:
         parser.error(f"argument --out: extension must be .npz or .png, got {args.out.name!r}")
     if args.eta is not None and args.sampler != "ddim":
@@ -103,14 +106,20 @@ def check_flag_combinations(parser: cli.Parser, args) -> None:
         parser.error("argument --variance: applies to --sampler ddpm only")
     if args.digit is not None and args.digit not in [*"0123456789", "all", "frequencies"]:
         parser.error(f"argument --digit: expected 0-9, all or frequencies, got {args.digit!r}")
-    if args.sampler in MULTISTEP and args.steps is not None and args.steps < min_steps(args.sampler):
-        parser.error(f"argument --steps: {args.sampler} needs at least {min_steps(args.sampler)} "
+    if args.sampler in MULTISTEP and args.steps is not None and args.steps < min_steps(sampler):
+        parser.error(f"argument --steps: {sampler} needs at least {min_steps(sampler)} "
                      f"steps (its first step has no history and its last is first order)")
     if args.sampler in MULTISTEP and args.cuda_graph:
-        parser.error(f"argument --cuda-graph: supports ddpm and ddim only, not {args.sampler}")
+        parser.error(f"argument --cuda-graph: supports ddpm and ddim only, not {sampler}")
 
 
-def sampler_settings(args) -> SamplerSettings:
+def sampler_settings(args, pipe: Pipeline) -> SamplerSettings:
+    """The flags' sampler; where --sampler is not given, the model's default (a distilled
+    student's own DDIM chain) with the flags' --steps/--spacing on it."""
+    if args.sampler is None:
+        default = pipe.default_sampler
+        return SamplerSettings(default.sampler, args.steps or default.steps, args.eta, args.variance,
+                               args.spacing)
     return SamplerSettings(args.sampler, args.steps, args.eta, args.variance, args.spacing)
 
 
@@ -134,15 +143,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_flag_combinations(parser, args)
+    cli.warnings_as_lines()
     device = cli.device_from_flag(args.device)
     if args.cuda_graph and device.type != "cuda":
         parser.error(f"argument --cuda-graph: needs a CUDA device, got {device}")
     pipe = pipeline_or_exit(args, device)
-    sampler = sampler_settings(args)
     try:
+        sampler = sampler_settings(args, pipe)
         desc = pipe.describe_sampler(sampler)
     except ValueError as err:
         cli.fail(f"--steps: {err}")
+    if args.cuda_graph and sampler.multistep:
+        cli.fail(f"--cuda-graph: supports ddpm and ddim only, not {sampler.sampler} (give --sampler ddim)")
     guidance = None if pipe.guide else args.guidance
     try:
         pipe.conditioning(1, args.digit, guidance)  # the labels and guidance this model takes

@@ -66,3 +66,20 @@ def test_editing_study_runs_through_the_python_api(tmp_path, mnist, weak_classif
                    "--ks", "2,3", "--masks", "left")
     result = json.loads(out.read_text())
     assert set(result["round_trip"]) == {"2", "3"} and result["inpaint"]["left"]["completions"] == 2
+
+
+@pytest.mark.slow
+def test_distillation_study_scores_a_teacher_and_its_students(tmp_path, mnist, weak_classifier, tiny_run):
+    distilled = tmp_path / "distilled"
+    proc = subprocess.run([sys.executable, "-m", "nets.distill", "--teacher", tiny_run, "--from-steps", "4",
+                           "--to-steps", "1", "--steps-per-round", "2", "--device", "cpu", "--no-figures",
+                           "--data-dir", mnist, "--run-dir", distilled], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "study"
+    run_experiment("distillation_study.py", tiny_run, out, "--distilled", distilled, "--data-dir", mnist,
+                   "--classifier", weak_classifier, "--n", "10", "--teacher-calls", "4")
+    rows = json.loads((out / "study.json").read_text())
+    assert [(r["model"], r["calls"]) for r in rows] == [("teacher", 4)] * 3 + [("student", 1), ("student", 2)]
+    assert all(r["fd"] > 0 and r["seconds_per_1000"] > 0 for r in rows)
+    assert (out / "distillation_quality.png").exists() and (out / "distillation_grids.png").exists()

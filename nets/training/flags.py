@@ -187,6 +187,9 @@ def config_from_args(argv: list[str] | None) -> tuple[TrainConfig, Path | None, 
         saved = load_checkpoint(run_dir)
     except CheckpointError as err:
         cli.fail(f"--resume: {err}")
+    if saved.get("distilled") is not None:
+        cli.fail(f"--resume: {run_dir} is a round of nets.distill, not a training run; continue "
+                 f"a distillation with python -m nets.distill --resume on its folder")
     try:
         resumed = saved_config({**saved["config"], "run_dir": str(run_dir)})
         UNetConfig.from_dict(resumed.unet)

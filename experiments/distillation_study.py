@@ -1,0 +1,115 @@
+"""Distilled students against their teacher's samplers, per network call (docs/results.md, issue 21).
+
+Usage:
+    python experiments/distillation_study.py TEACHER_RUN OUT_DIR --distilled DISTILL_RUN \\
+        [--distilled ANOTHER] --data-dir DIR [--classifier PATH] [--n 1000] \\
+        [--teacher-calls 4,8,10,20]
+
+The teacher is sampled with DDIM, DPM-Solver++ 2M and SDE-DPM-Solver++ 2M (trailing spacing) at
+each of --teacher-calls; every student of each DISTILL_RUN (its ``steps-NN/`` folders, one per
+round; a student found twice is taken from the first) with its own default, DDIM at the steps it
+was distilled for. Each setting is ``python -m nets.sample`` (seed 0) then ``python -m
+nets.evaluate`` against the real digits the teacher never trained on, the floor at the same n
+beside them (``solver_sweep.sample_and_score``). Writes OUT_DIR/study.json,
+OUT_DIR/distillation_quality.png (FD and recognised share against calls) and
+OUT_DIR/distillation_grids.png (the first 20 digits of each student and of the teacher's three
+samplers at their fewest calls).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from solver_sweep import sample_and_score  # noqa: E402  (experiments/ is sys.path[0])
+
+from nets.figures import save_digit_rows  # noqa: E402
+from nets.files import write_json_atomic  # noqa: E402
+
+TEACHER_SAMPLERS = ("ddim", "dpmpp-2m", "sde-dpmpp-2m")
+
+
+def students(distill_runs: list[Path]) -> list[tuple[int, Path]]:
+    """(steps, folder) of each round's student, fewest steps first."""
+    found = {}
+    for run in distill_runs:
+        for folder in sorted(run.glob("steps-*")):
+            if (folder / "checkpoint.pt").exists():
+                found.setdefault(int(folder.name.split("-")[1]), folder)
+    return sorted(found.items())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("teacher", type=Path)
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--distilled", type=Path, action="append", required=True)
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--classifier", type=Path)
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--teacher-calls", default="4,8,10,20")
+    args = p.parse_args()
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for sampler in TEACHER_SAMPLERS:
+        for calls in map(int, args.teacher_calls.split(",")):
+            npz = args.out_dir / f"teacher-{sampler}-{calls}.npz"
+            flags = ["--sampler", sampler, "--steps", calls, "--spacing", "trailing"]
+            rows.append({"model": "teacher", "sampler": sampler, "calls": calls,
+                         **sample_and_score(args, args.teacher, npz, flags)})
+    for steps, folder in students(args.distilled):
+        npz = args.out_dir / f"student-{steps}.npz"
+        rows.append({"model": "student", "sampler": "ddim (distilled)", "calls": steps,
+                     "checkpoint": str(folder), **sample_and_score(args, folder, npz, [])})
+    if not any(r["model"] == "student" for r in rows):
+        sys.exit(f"no students (steps-NN/checkpoint.pt) in {', '.join(map(str, args.distilled))}")
+    for r in rows:
+        r["seconds_per_1000"] = 1000 / r["images_per_second"] if r["images_per_second"] else None
+    write_json_atomic(args.out_dir / "study.json", rows)
+    plot(rows, args.out_dir / "distillation_quality.png")
+    grids(rows, args.out_dir, args.out_dir / "distillation_grids.png")
+
+
+def plot(rows, path):
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    lines = [(f"teacher {s}", [r for r in rows if r["model"] == "teacher" and r["sampler"] == s], "o-")
+             for s in TEACHER_SAMPLERS]
+    lines.append(("distilled students (DDIM)", [r for r in rows if r["model"] == "student"], "s-"))
+    for label, sel, style in lines:
+        sel = sorted(sel, key=lambda r: r["calls"])
+        calls = [r["calls"] for r in sel]
+        ax1.plot(calls, [r["fd"] for r in sel], style, label=label)
+        ax2.plot(calls, [100 * r["recognised"] for r in sel], style, label=label)
+    ax1.axhline(rows[0]["floor_fd"], color="grey", ls=":", label="real-vs-real floor")
+    ax2.axhline(100 * rows[0]["floor_recognised"], color="grey", ls=":", label="real unseen digits")
+    for ax, label in ((ax1, "Fréchet distance (classifier features)"), (ax2, "recognised, conf ≥ 0.9 (%)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("network calls")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+    ax1.set_yscale("log")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def grids(rows, out_dir, path, per_row=20):
+    labelled = []
+    for r in sorted((r for r in rows if r["model"] == "student"), key=lambda r: r["calls"]):
+        with np.load(out_dir / f"student-{r['calls']}.npz") as f:
+            labelled.append((f"student\n{r['calls']} calls", f["images"][:per_row]))
+    fewest = min(r["calls"] for r in rows if r["model"] == "teacher")
+    for sampler in TEACHER_SAMPLERS:
+        with np.load(out_dir / f"teacher-{sampler}-{fewest}.npz") as f:
+            labelled.append((f"teacher {sampler}\n{fewest} calls", f["images"][:per_row]))
+    save_digit_rows(path, labelled, f"the first {per_row} digits (seed 0), students and teacher", 7)
+
+
+if __name__ == "__main__":
+    main()

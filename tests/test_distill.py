@@ -1,0 +1,279 @@
+"""Progressive distillation on the device and ``python -m nets.distill``: the loss gathers the
+core's target so that a student predicting it runs the teacher's DDIM chain in half the steps;
+the command's rounds, checkpoints, resume, signals and bad input; distilled checkpoints in
+nets.sample and the Python API."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_distributed import TORCHRUN
+
+import diffusion_core as core
+import nets
+from nets.checkpoint import load_checkpoint
+from nets.diffusion import Diffusion, make_schedule
+from nets.pipeline import DistilledStepsWarning
+from nets.sampling import ChainOptions, DeviceCoefficients, Network, sample
+from nets.training.distillation import DistillationLoss
+from nets.unet import UNet, UNetConfig
+
+T = 50
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+TEACHER = ["--split", "test", "--limit", "256", "--batch-size", "16", "--base-channels", "8",
+           "--channel-mults", "1,2", "--timesteps", str(T), "--no-figures", "--no-preview",
+           "--warmup-steps", "5", "--precision", "fp32", "--device", "cpu"]
+DISTIL = ["--from-steps", "8", "--to-steps", "2", "--precision", "fp32", "--device", "cpu",
+          "--log-every", "2", "--checkpoint-every", "2"]
+
+
+def command(module, *argv, timeout=300):
+    return subprocess.run([sys.executable, "-m", module, *map(str, argv)], capture_output=True, text=True,
+                          timeout=timeout, env=ENV)
+
+
+def tiny_unet(conditional: bool, seed: int = 0) -> UNet:
+    torch.manual_seed(seed)
+    model = UNet(UNetConfig(base_channels=8, channel_mults=(1, 2), attention_resolutions=(),
+                            num_classes=10 if conditional else 0))
+    return model.eval().requires_grad_(False)
+
+
+class OracleStudent(torch.nn.Module):
+    """A student whose x̂0 is the distillation target itself (objective x0)."""
+
+    def __init__(self, loss: DistillationLoss):
+        super().__init__()
+        self.loss = loss
+        self.config = loss.teacher.model.config
+
+    def forward(self, z, t, y=None):
+        return self.loss.target(z, self.loss.student_step(t), y)
+
+
+def ddim_chain(net: Network, timesteps, x_T, y, clip_x0: bool) -> torch.Tensor:
+    coeffs = DeviceCoefficients(core.ddim_coefficients(net.diffusion.schedule, np.asarray(timesteps)))
+    return sample(net, coeffs, x_T, lambda k, like: torch.zeros_like(like),
+                  ChainOptions(y=y, clip_x0=clip_x0)).images
+
+
+# ---- the loss on the device ---------------------------------------------------------------------
+
+@settings(max_examples=12, deadline=None)
+@given(st.sampled_from([4, 8, 16]), st.sampled_from(["eps", "v", "x0"]), st.booleans(),
+       st.sampled_from(["linear", "cosine"]), st.integers(0, 2**16))
+def test_an_oracle_student_runs_the_teachers_ddim_chain_in_half_the_steps(teacher_steps, objective,
+                                                                          conditional, schedule_name, seed):
+    """The samplers' own DDIM chain over the student's steps, fed the loss's target as x̂0, lands
+    where the teacher's chain over twice the steps lands (the teacher clips its x̂0, as sampling
+    does; the target is not clipped): the device gathers the core's tables at the right rows."""
+    schedule = make_schedule(schedule_name, T)
+    teacher = Network(tiny_unet(conditional, seed), Diffusion(schedule, objective))
+    teacher_list = core.select_timesteps(T, teacher_steps, "trailing")
+    tables = core.distillation_tables(schedule, teacher_list)
+    loss = DistillationLoss(teacher, Diffusion(schedule, "x0"), tables)
+    gen = torch.Generator().manual_seed(seed)
+    x_T = torch.randn(3, 1, 28, 28, generator=gen)
+    y = torch.tensor([1, 7, 10]) if conditional else None
+    want = ddim_chain(teacher, teacher_list, x_T, y, clip_x0=True)
+    got = ddim_chain(Network(OracleStudent(loss), Diffusion(schedule, "x0")), teacher_list[1::2], x_T, y,
+                     clip_x0=False)
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-4)
+
+
+@given(st.sampled_from([1, 2, 4, 8, 16]), st.integers(0, T - 1))
+def test_each_t_trains_the_first_student_step_at_or_above_it(student_steps, t):
+    schedule = make_schedule("linear", T)
+    tables = core.distillation_tables(schedule, core.select_timesteps(T, 2 * student_steps, "trailing"))
+    loss = DistillationLoss(Network(tiny_unet(False), Diffusion(schedule)), Diffusion(schedule, "v"), tables)
+    k = int(loss.student_step(torch.tensor([t]))[0])
+    running = np.asarray(tables.timesteps)  # noisiest first
+    assert running[k] >= t
+    assert k == len(running) - 1 or running[k + 1] < t
+
+
+def test_the_loss_of_the_oracle_is_zero_and_of_the_untrained_student_is_not():
+    schedule = make_schedule("linear", T)
+    tables = core.distillation_tables(schedule, core.select_timesteps(T, 8, "trailing"))
+    teacher = Network(tiny_unet(True), Diffusion(schedule))
+    loss = DistillationLoss(teacher, Diffusion(schedule, "x0"), tables)
+    x0, noise = torch.rand(6, 1, 28, 28) * 2 - 1, torch.randn(6, 1, 28, 28)
+    t, y = torch.tensor([0, 5, 17, 30, 44, 49]), torch.tensor([0, 1, 2, 3, 10, 5])
+    assert float(loss.loss(OracleStudent(loss), x0, t, noise, y)) < 1e-8
+    assert float(loss.loss(tiny_unet(True, seed=1), x0, t, noise, y)) > 1e-3
+
+
+# ---- the command ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, mnist):
+    run_dir = tmp_path_factory.mktemp("teacher") / "run"
+    proc = command("nets.train", *TEACHER, "--data-dir", mnist, "--max-steps", 20, "--holdout", 1000,
+                   "--run-dir", run_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def distilled(teacher, tmp_path_factory):
+    out = tmp_path_factory.mktemp("distilled") / "out"
+    proc = command("nets.distill", "--teacher", teacher, *DISTIL, "--steps-per-round", 6, "--run-dir", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc.stderr
+
+
+def test_each_round_halves_the_steps_and_leaves_a_complete_student(distilled, teacher):
+    out, stderr = distilled
+    assert "DDIM steps 8 → 4 → 2, 2 rounds" in stderr
+    for steps, teacher_steps in ((4, 8), (2, 4)):
+        folder = out / f"steps-{steps:02d}"
+        for name in ("checkpoint.pt", "metrics.jsonl", "loss.png", "samples.png"):
+            assert (folder / name).exists(), f"{folder / name} missing"
+        record = load_checkpoint(folder)["distilled"]
+        assert record["timesteps"] == sorted(core.select_timesteps(T, steps, "trailing").tolist())
+        want = sorted(core.select_timesteps(T, teacher_steps, "trailing").tolist())
+        assert record["teacher_timesteps"] == want
+        assert record["complete"] and record["objective"] == "v"
+        assert len((folder / "metrics.jsonl").read_text().splitlines()) == 6
+    final = load_checkpoint(out)
+    assert final["distilled"]["timesteps"] == load_checkpoint(out / "steps-02")["distilled"]["timesteps"]
+    assert final["config"]["objective"] == "v"
+    assert final["config"]["holdout"] == 1000  # the teacher's held-out digits, for nets.evaluate
+    assert "python -m nets.sample --checkpoint" in stderr.splitlines()[-1]
+
+
+def test_a_round_starts_from_its_teachers_weights(distilled, teacher):
+    """Round 1's student started as the teacher's EMA: a few small steps leave it close, not equal."""
+    out, _ = distilled
+    start = load_checkpoint(teacher)["ema"]
+    after = load_checkpoint(out / "steps-04")["model"]
+    rel = [float((after[k] - v).norm() / (v.norm() + 1e-12))
+           for k, v in start.items() if v.is_floating_point()]
+    assert 0 < np.median(rel) < 0.2
+
+
+def test_sampling_a_student_runs_its_own_steps_by_default_and_warns_off_them(distilled, tmp_path):
+    out, _ = distilled
+    proc = command("nets.sample", "--checkpoint", out, "--n", 4, "--device", "cpu",
+                   "--out", tmp_path / "s.npz")
+    assert proc.returncode == 0, proc.stderr
+    assert "sampler: ddim 2 steps" in proc.stderr and "warning" not in proc.stderr
+    proc = command("nets.sample", "--checkpoint", out, "--n", 4, "--steps", 3, "--device", "cpu",
+                   "--out", tmp_path / "s3.npz")
+    assert proc.returncode == 0, proc.stderr
+    warning = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "distilled for DDIM (eta 0) at 2 steps" in warning[0]
+
+
+def test_the_python_api_samples_a_student_at_its_steps_and_warns_on_others(distilled):
+    out, _ = distilled
+    pipe = nets.load(out, device="cpu")
+    assert pipe.default_sampler == nets.SamplerSettings("ddim", steps=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        own = pipe.sample(4, seed=3)
+    assert own.settings["sampler"] == "ddim" and own.settings["steps"] == 2
+    with pytest.warns(DistilledStepsWarning, match="at 2 steps"):
+        pipe.sample(4, sampler=nets.SamplerSettings())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--to-steps", "3"], "power of two"),
+    (["--to-steps", "8"], "power of two"),
+    (["--from-steps", "100"], "exceeds the teacher's T = 50"),
+    (["--objective", "eps"], "invalid choice"),
+])
+def test_bad_step_counts_are_one_line_and_exit_2(teacher, tmp_path, argv, message):
+    proc = command("nets.distill", "--teacher", teacher, "--from-steps", 8, "--run-dir", tmp_path / "o",
+                   "--device", "cpu", *argv)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_a_teacher_that_is_not_a_checkpoint_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "other.pt").write_bytes(b"")
+    torch.save({"model": {}, "config": {"unet": {}}, "format_version": 99}, tmp_path / "future.pt")
+    for path, message in ((tmp_path / "junk.pt", "a safe load refuses"), (tmp_path / "other.pt", "empty"),
+                          (tmp_path / "future.pt", "format version 99"), (tmp_path, "checkpoint not found")):
+        proc = command("nets.distill", "--teacher", path, "--run-dir", tmp_path / "o", "--device", "cpu")
+        assert proc.returncode == 2, proc.stderr
+        assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_a_used_folder_and_a_resume_with_new_settings_are_refused(distilled, teacher):
+    out, _ = distilled
+    proc = command("nets.distill", "--teacher", teacher, *DISTIL, "--run-dir", out)
+    assert proc.returncode == 2 and "already holds a distillation" in proc.stderr
+    proc = command("nets.distill", "--resume", out, "--to-steps", 1)
+    assert proc.returncode == 2 and "drop --to-steps" in proc.stderr
+    proc = command("nets.train", "--resume", out / "steps-04")
+    assert proc.returncode == 2 and "a round of nets.distill" in proc.stderr
+
+
+def test_a_finished_distillation_resumed_has_nothing_left_and_changes_nothing(distilled):
+    out, _ = distilled
+    before = (out / "checkpoint.pt").read_bytes()
+    proc = command("nets.distill", "--resume", out, "--no-figures")
+    assert proc.returncode == 0, proc.stderr
+    assert "round 1/2: " in proc.stderr and "is done" in proc.stderr
+    assert (out / "checkpoint.pt").read_bytes() == before
+
+
+def test_a_student_distils_on_from_its_own_steps(distilled, tmp_path):
+    out, _ = distilled
+    proc = command("nets.distill", "--teacher", out / "steps-04", "--to-steps", 1, "--steps-per-round", 2,
+                   "--device", "cpu", "--no-figures", "--run-dir", tmp_path / "on")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "DDIM steps 4 → 2 → 1" in proc.stderr
+    proc = command("nets.distill", "--teacher", out / "steps-04", "--from-steps", 8, "--to-steps", 2,
+                   "--device", "cpu", "--run-dir", tmp_path / "bad")
+    assert proc.returncode == 2 and "distilled for 4 steps" in proc.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_mid_round_saves_and_a_resume_ends_where_an_unbroken_run_ends(teacher, tmp_path):
+    """SIGTERM → checkpoint, exit 143; --resume finishes both rounds with the weights of a run
+    that was never stopped (bit for bit: the random streams are in the checkpoint)."""
+    argv = ["--teacher", teacher, *DISTIL, "--steps-per-round", 120, "--no-figures", "--log-every", 1]
+    whole = tmp_path / "whole"
+    assert command("nets.distill", *argv, "--run-dir", whole).returncode == 0
+    broken = tmp_path / "broken"
+    proc = subprocess.Popen([sys.executable, "-m", "nets.distill", *map(str, argv), "--run-dir", broken],
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    for line in proc.stderr:
+        if line.startswith("step 10/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 143, rest
+    assert "interrupted in round 1" in rest
+    assert 10 <= load_checkpoint(broken / "steps-04")["step"] < 120
+    proc = command("nets.distill", "--resume", broken)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got, want = load_checkpoint(broken), load_checkpoint(whole)
+    for key in ("model", "ema"):
+        for name, tensor in want[key].items():
+            assert torch.equal(got[key][name], tensor), f"{key}.{name}"
+
+
+@pytest.mark.slow
+def test_two_processes_distil_like_one_with_the_global_batch(teacher, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    argv = ["--teacher", teacher, *DISTIL, "--steps-per-round", 4, "--no-figures"]
+    assert command("nets.distill", *argv, "--batch-size", 16, "--run-dir", one).returncode == 0
+    proc = subprocess.run([*TORCHRUN, "-m", "nets.distill", *map(str, [*argv, "--batch-size", 8, "--run-dir", two])],
+                          capture_output=True, text=True, timeout=300, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got, want = load_checkpoint(two), load_checkpoint(one)
+    for name, tensor in want["ema"].items():
+        torch.testing.assert_close(got["ema"][name], tensor, rtol=0, atol=1e-4)
+    assert json.loads((two / "config.json").read_text())["world_size"] == 2
