@@ -46,6 +46,7 @@ from nets.diffusion import Diffusion
 from nets.figures import plot_loss, save_grid
 from nets.files import atomic_write, remove_stale_temp_files, write_json_atomic
 from nets.pipeline import Pipeline
+from nets.progress import format_duration
 from nets.sampling import Network
 from nets.sampling.settings import SampleOptions, SamplerSettings
 from nets.training import distributed
@@ -455,8 +456,10 @@ def distil(cfg: DistillConfig, resuming: bool = False) -> int:
     if world.is_main:
         last = round_dir(cfg, len(plan.lists[-1])) / "checkpoint.pt"
         atomic_write(run_dir / "checkpoint.pt", lambda f: f.write(last.read_bytes()))
-        print(f"distilled to {len(plan.lists[-1])} steps: {run_dir / 'checkpoint.pt'} (each round's "
-              f"student in {run_dir}/steps-NN/)", file=sys.stderr)
+        took = format_duration(time.perf_counter() - start)
+        last_steps = len(plan.lists[-1])
+        print(f"distilled to {last_steps} step{'s' if last_steps > 1 else ''} in {took} (this session): "
+              f"{run_dir / 'checkpoint.pt'} (each round's student in {run_dir}/steps-NN/)", file=sys.stderr)
         print(f"next: python -m nets.sample --checkpoint {run_dir}   (from Python: "
               f"nets.load(\"{run_dir}\").sample(16))", file=sys.stderr)
     return 0

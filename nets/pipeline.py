@@ -270,6 +270,7 @@ class Pipeline:
         """``settings.n`` completions (n, 28, 28) uint8 of the uint8 digit ``image`` (28, 28) whose
         ``known`` (28, 28) bool pixels are kept exactly (RePaint, ``nets.editing.inpaint``)."""
         settings = settings or InpaintSettings(progress=self.progress)
+        self._warn_off_steps(SamplerSettings("ddpm", steps=settings.steps))
         image = _check_digits(np.asarray(image)[None], "image")[0]
         known = np.asarray(known)
         if known.shape != (IMAGE_SIZE, IMAGE_SIZE) or known.dtype != bool:

@@ -21,6 +21,7 @@ import diffusion_core as core
 import nets
 from nets.checkpoint import load_checkpoint
 from nets.diffusion import Diffusion, make_schedule
+from nets.distill import DistillConfig, round_budget
 from nets.pipeline import DistilledStepsWarning
 from nets.sampling import ChainOptions, DeviceCoefficients, Network, sample
 from nets.training.distillation import DistillationLoss
@@ -113,6 +114,30 @@ def test_the_loss_of_the_oracle_is_zero_and_of_the_untrained_student_is_not():
 
 # ---- the command ---------------------------------------------------------------------------------
 
+@given(st.floats(0.1, 600), st.floats(0, 1.5), st.integers(1, 8))
+def test_each_round_gets_an_even_share_of_the_budget_left(minutes, spent_share, rounds_left):
+    cfg = DistillConfig(max_minutes=minutes)
+    spent = 60 * minutes * spent_share
+    share = round_budget(cfg, spent, rounds_left)
+    left = minutes - spent / 60
+    if left >= 0.01 * minutes:
+        assert share * rounds_left == pytest.approx(left)  # the rounds left fit what is left
+    else:  # over budget already: a late round still plans an end, at 1 % of the budget
+        assert share * rounds_left == pytest.approx(0.01 * minutes)
+    assert round_budget(DistillConfig(), spent, rounds_left) is None
+
+
+def test_a_time_budget_plans_the_end_of_every_round(teacher, tmp_path):
+    out = tmp_path / "timed"
+    proc = command("nets.distill", "--teacher", teacher, *DISTIL, "--max-minutes", 0.2, "--no-figures",
+                   "--run-dir", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for steps in (4, 2):
+        state = load_checkpoint(out / f"steps-{steps:02d}")
+        assert state["planned_end"] == state["step"] >= 1
+        assert 0 < state["config"]["max_minutes"] <= 0.2
+    assert set(json.loads((out / "config.json").read_text())["rounds_seconds"]) == {"4", "2"}
+
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory, mnist):
     run_dir = tmp_path_factory.mktemp("teacher") / "run"
@@ -183,6 +208,29 @@ def test_the_python_api_samples_a_student_at_its_steps_and_warns_on_others(disti
     assert own.settings["sampler"] == "ddim" and own.settings["steps"] == 2
     with pytest.warns(DistilledStepsWarning, match="at 2 steps"):
         pipe.sample(4, sampler=nets.SamplerSettings())
+
+
+def test_evaluate_edit_and_the_speed_benchmark_take_a_student(distilled, mnist, weak_classifier, tmp_path):
+    from benchmarks import sample_speed
+
+    out, _ = distilled
+    samples = tmp_path / "s.npz"
+    proc = command("nets.sample", "--checkpoint", out, "--n", 20, "--device", "cpu", "--out", samples)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = command("nets.evaluate", "--samples", samples, "--checkpoint", out, "--data-dir", mnist,
+                   "--classifier", weak_classifier, "--nll-images", 0)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    edit = ["nets.edit", "invert", "--checkpoint", out, "--data-dir", mnist, "--index", "0-1",
+            "--device", "cpu"]
+    proc = command(*edit, "--steps", 2, "--out", tmp_path / "own.npz")  # its own chain: no warning
+    assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr[-2000:]
+    proc = command(*edit, "--steps", 10, "--out", tmp_path / "other.npz")
+    assert proc.returncode == 0 and "warning: " in proc.stderr and "at 2 steps" in proc.stderr
+    report = tmp_path / "speed.json"
+    sample_speed.main(["--quick", "--checkpoint", str(out), "--batch-sizes", "2", "--repeats", "1",
+                       "--warmup", "0", "--json", str(report)])
+    rows = json.loads(report.read_text())["results"]
+    assert {r["sampler"] for r in rows} == {"ddim-2"}
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -270,8 +318,9 @@ def test_two_processes_distil_like_one_with_the_global_batch(teacher, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     argv = ["--teacher", teacher, *DISTIL, "--steps-per-round", 4, "--no-figures"]
     assert command("nets.distill", *argv, "--batch-size", 16, "--run-dir", one).returncode == 0
-    proc = subprocess.run([*TORCHRUN, "-m", "nets.distill", *map(str, [*argv, "--batch-size", 8, "--run-dir", two])],
-                          capture_output=True, text=True, timeout=300, env=ENV)
+    argv = [*argv, "--batch-size", 8, "--run-dir", two]
+    proc = subprocess.run([*TORCHRUN, "-m", "nets.distill", *map(str, argv)], capture_output=True, text=True,
+                          timeout=300, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got, want = load_checkpoint(two), load_checkpoint(one)
     for name, tensor in want["ema"].items():
