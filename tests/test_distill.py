@@ -129,14 +129,14 @@ def test_each_round_gets_an_even_share_of_the_budget_left(minutes, spent_share, 
 
 def test_a_time_budget_plans_the_end_of_every_round(teacher, tmp_path):
     out = tmp_path / "timed"
-    proc = command("nets.distill", "--teacher", teacher, *DISTIL, "--max-minutes", 0.2, "--no-figures",
-                   "--run-dir", out)
+    # one round of 18 s: past the 25 steps after which a round plans its end, on a slow machine too
+    proc = command("nets.distill", "--teacher", teacher, *DISTIL, "--from-steps", 4, "--max-minutes", 0.3,
+                   "--no-figures", "--run-dir", out)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for steps in (4, 2):
-        state = load_checkpoint(out / f"steps-{steps:02d}")
-        assert state["planned_end"] == state["step"] >= 1
-        assert 0 < state["config"]["max_minutes"] <= 0.2
-    assert set(json.loads((out / "config.json").read_text())["rounds_seconds"]) == {"4", "2"}
+    state = load_checkpoint(out / "steps-02")
+    assert state["planned_end"] == state["step"] >= 25
+    assert state["config"]["max_minutes"] == pytest.approx(0.3, rel=0.05)  # the budget, less start-up
+    assert set(json.loads((out / "config.json").read_text())["rounds_seconds"]) == {"2"}
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory, mnist):
@@ -291,7 +291,7 @@ def test_a_student_distils_on_from_its_own_steps(distilled, tmp_path):
 def test_sigterm_mid_round_saves_and_a_resume_ends_where_an_unbroken_run_ends(teacher, tmp_path):
     """SIGTERM → checkpoint, exit 143; --resume finishes both rounds with the weights of a run
     that was never stopped (bit for bit: the random streams are in the checkpoint)."""
-    argv = ["--teacher", teacher, *DISTIL, "--steps-per-round", 120, "--no-figures", "--log-every", 1]
+    argv = ["--teacher", teacher, *DISTIL, "--steps-per-round", 30, "--no-figures", "--log-every", 1]
     whole = tmp_path / "whole"
     assert command("nets.distill", *argv, "--run-dir", whole).returncode == 0
     broken = tmp_path / "broken"
@@ -304,7 +304,7 @@ def test_sigterm_mid_round_saves_and_a_resume_ends_where_an_unbroken_run_ends(te
     rest = proc.stderr.read()
     assert proc.wait(timeout=120) == 143, rest
     assert "interrupted in round 1" in rest
-    assert 10 <= load_checkpoint(broken / "steps-04")["step"] < 120
+    assert 10 <= load_checkpoint(broken / "steps-04")["step"] < 30
     proc = command("nets.distill", "--resume", broken)
     assert proc.returncode == 0, proc.stderr[-2000:]
     got, want = load_checkpoint(broken), load_checkpoint(whole)

@@ -155,10 +155,14 @@ def stalling_mirror():
 
 def test_ctrl_c_before_training_exits_130_with_one_line(tmp_path, stalling_mirror):
     mirror, connected = stalling_mirror
+    # The child gets SIGINT's default disposition: a shell starts background jobs with SIGINT
+    # ignored, pytest's children inherit that, and Python then never raises KeyboardInterrupt (so
+    # this test failed whenever the suite ran as `pytest &`, passing in a terminal)
     proc = subprocess.Popen([sys.executable, "-m", "nets.train", *TINY, "--data-dir", tmp_path / "data",
                              "--run-dir", tmp_path / "run"],
                             env={**ENV, "DDPM_MNIST_MIRRORS": mirror},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         # Ctrl-C once the download hangs (a Ctrl-C inside torch's lazy imports is covered too:
         # before cli.exit_after_interrupt, 7 in 10 of those ended by SIGINT, -2, not 130).
