@@ -25,7 +25,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from solver_sweep import sample_and_score  # noqa: E402  (experiments/ is sys.path[0])
+from solver_sweep import finish_quality_plot, sample_and_score  # noqa: E402  (experiments/ is sys.path[0])
 
 from nets.figures import save_digit_rows  # noqa: E402
 from nets.files import write_json_atomic  # noqa: E402
@@ -85,18 +85,7 @@ def plot(rows, path):
         calls = [r["calls"] for r in sel]
         ax1.plot(calls, [r["fd"] for r in sel], style, label=label)
         ax2.plot(calls, [100 * r["recognised"] for r in sel], style, label=label)
-    ax1.axhline(rows[0]["floor_fd"], color="grey", ls=":", label="real-vs-real floor")
-    ax2.axhline(100 * rows[0]["floor_recognised"], color="grey", ls=":", label="real unseen digits")
-    for ax, label in ((ax1, "Fréchet distance (classifier features)"), (ax2, "recognised, conf ≥ 0.9 (%)")):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("network calls")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3, which="both")
-    ax1.set_yscale("log")
-    ax2.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    finish_quality_plot(fig, (ax1, ax2), rows[0], path, log_base=2)
 
 
 def grids(rows, out_dir, path, per_row=20):

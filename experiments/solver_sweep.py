@@ -94,10 +94,17 @@ def plot(rows, path):
         calls = [r["calls"] for r in sel]
         ax1.plot(calls, [r["fd"] for r in sel], "o-", label=f"{sampler} ({spacing})")
         ax2.plot(calls, [100 * r["recognised"] for r in sel], "o-", label=f"{sampler} ({spacing})")
-    ax1.axhline(rows[0]["floor_fd"], color="grey", ls=":", label="real-vs-real floor")
-    ax2.axhline(100 * rows[0]["floor_recognised"], color="grey", ls=":", label="real unseen digits")
+    finish_quality_plot(fig, (ax1, ax2), rows[0], path)
+
+
+def finish_quality_plot(fig, axes, floor_row: dict, path: Path, log_base: float = 10) -> None:
+    """The floor lines, log axes, labels and legend of an FD / recognised-share against calls
+    figure (``axes`` = its two panels), saved to ``path``."""
+    ax1, ax2 = axes
+    ax1.axhline(floor_row["floor_fd"], color="grey", ls=":", label="real-vs-real floor")
+    ax2.axhline(100 * floor_row["floor_recognised"], color="grey", ls=":", label="real unseen digits")
     for ax, label in ((ax1, "Fréchet distance (classifier features)"), (ax2, "recognised, conf ≥ 0.9 (%)")):
-        ax.set_xscale("log")
+        ax.set_xscale("log", base=log_base)
         ax.set_xlabel("network calls")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, which="both")
