@@ -134,9 +134,11 @@ def test_a_time_budget_plans_the_end_of_every_round(teacher, tmp_path):
                    "--no-figures", "--run-dir", out)
     assert proc.returncode == 0, proc.stderr[-2000:]
     state = load_checkpoint(out / "steps-02")
-    assert state["planned_end"] == state["step"] >= 25
+    # the planned end, or the clock a step or so before it where the pace fell after the last plan
+    assert state["planned_end"] is not None and 25 <= state["step"] <= state["planned_end"]
     assert state["config"]["max_minutes"] == pytest.approx(0.3, rel=0.05)  # the budget, less start-up
-    assert set(json.loads((out / "config.json").read_text())["rounds_seconds"]) == {"2"}
+    seconds = json.loads((out / "config.json").read_text())["rounds_seconds"]
+    assert set(seconds) == {"2"} and seconds["2"] <= 1.1 * 18
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory, mnist):
