@@ -25,7 +25,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from solver_sweep import finish_quality_plot, sample_and_score  # noqa: E402  (experiments/ is sys.path[0])
+from solver_sweep import add_scoring_args, finish_quality_plot, sample_and_score  # noqa: E402  (experiments/ is sys.path[0])
 
 from nets.figures import save_digit_rows  # noqa: E402
 from nets.files import write_json_atomic  # noqa: E402
@@ -48,10 +48,7 @@ def main() -> None:
     p.add_argument("teacher", type=Path)
     p.add_argument("out_dir", type=Path)
     p.add_argument("--distilled", type=Path, action="append", required=True)
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--split", default="test")
-    p.add_argument("--classifier", type=Path)
-    p.add_argument("--n", type=int, default=1000)
+    add_scoring_args(p)
     p.add_argument("--teacher-calls", default="4,8,10,20")
     args = p.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,14 @@ def run(cmd):
     subprocess.run([sys.executable, "-m", *map(str, cmd)], check=True)
 
 
+def add_scoring_args(p: argparse.ArgumentParser) -> None:
+    """The flags :func:`sample_and_score` reads: the real digits, the classifier, n."""
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--classifier", type=Path)
+    p.add_argument("--n", type=int, default=1000)
+
+
 def sample_and_score(args, checkpoint: Path, npz: Path, sampler_flags: list) -> dict:
     """1,000 (``args.n``) digits of ``checkpoint`` with ``sampler_flags`` (seed 0) into ``npz``,
     scored by ``nets.evaluate`` against the real digits it never trained on; each file is made
@@ -65,10 +73,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("run_dir", type=Path)
     p.add_argument("out_dir", type=Path)
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--split", default="test")
-    p.add_argument("--classifier", type=Path)
-    p.add_argument("--n", type=int, default=1000)
+    add_scoring_args(p)
     p.add_argument("--only", help="instead of GRID: SAMPLER:SPACING:STEPS,... (e.g. ddim:trailing:10)")
     args = p.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -56,10 +56,6 @@ class DistillationLoss(nn.Module):
             self.register_buffer(name, as_table(getattr(tables, name)), persistent=False)
 
     @property
-    def device(self) -> torch.device:
-        return self.timesteps.device
-
-    @property
     def num_steps(self) -> int:
         return len(self.timesteps)
 
