@@ -3,8 +3,10 @@
 From Python, one import does it (docs/api.md)::
 
     import nets
-    pipe = nets.load("runs/<name>")
+    run = nets.fit(nets.TrainConfig(max_minutes=10))  # train; nets.resume(run, ...) continues it
+    pipe = nets.load(run)
     digits = pipe.sample(16, digit=7, guidance=2).images  # (16, 28, 28) uint8
+    fast = nets.distill(nets.DistillConfig(teacher=str(run), run_dir="runs/fast", to_steps=4))
 
 All diffusion math comes from :mod:`diffusion_core` (float64 NumPy); this package only turns its
 tables into tensors (:func:`nets.diffusion.extract`) and runs networks. Commands (thin: flags →
@@ -19,6 +21,10 @@ _PUBLIC = {  # name: module; imported on first use, so `python -m nets.train` do
     "Conditioning": "nets.sampling.settings", "InpaintSettings": "nets.editing.inpaint",
     "ScoreOptions": "nets.evaluation.scoring", "make_judge": "nets.evaluation.scoring",
     "named_mask": "nets.editing.masks",
+    "fit": "nets.training.fit", "resume": "nets.training.fit", "TrainedRun": "nets.training.fit",
+    "RunInterrupted": "nets.training.fit", "TrainConfig": "nets.training.config",
+    "TrainingFailed": "nets.training.loop", "ConfigError": "nets.fields",
+    "distill": "nets.distillation", "DistillConfig": "nets.distillation", "DistilledRun": "nets.distillation",
 }
 __all__ = sorted(_PUBLIC)
 

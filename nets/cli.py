@@ -11,12 +11,16 @@ import argparse
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from nets import device as devices
 from nets.data import MNIST_ERRORS, MnistArrays, load_mnist
+
+T = TypeVar("T")
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -37,6 +41,31 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+_NOT_GIVEN = object()
+
+
+def given_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
+    """(the parsed flags, the ones the command line gave: {dest: value}), so that a default is
+    never mistaken for a choice (a resumed run changes only what the command line says)."""
+    args = parser.parse_args(argv)
+    probe = argparse.Namespace(**dict.fromkeys(vars(parser.parse_args([])), _NOT_GIVEN))
+    given = vars(parser.parse_args(argv, namespace=probe))
+    return args, {k: v for k, v in given.items() if v is not _NOT_GIVEN}
+
+
+def flag_of(name: str) -> str:
+    """The flag that sets the config field ``name`` (the U-Net's flags for ``unet``)."""
+    if name == "unet":
+        return "--base-channels/--channel-mults/--num-res-blocks/--attention-resolutions/--dropout"
+    return "--" + name.replace("_", "-")
+
+
+def main_process() -> bool:
+    """Whether this process speaks for the job: not a torchrun rank other than 0."""
+    import torch.distributed as dist
+    return not (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
 
 
 def warnings_as_lines() -> None:
@@ -60,6 +89,40 @@ def exit_after_interrupt(message: str, code: int = 130):
     print(f"error: {message}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(code)
+
+
+def library_call(call: Callable[[], T], ctrl_c: str, checkpoint_flag: str = "") -> tuple[T | None, int]:
+    """(``call()``, 0), with the library's errors turned into the commands' exits, in one place:
+    a bad value (ConfigError) is "error: --flag: ..." and exit 2, as is any other ValueError (a
+    checkpoint's, prefixed ``checkpoint_flag``) and unavailable data; a diverged run exits 1 (rank
+    0 says why); a run stopped by a signal returns (None, 130 or 143) after its message; Ctrl-C
+    before the loop exits 130 with ``ctrl_c``."""
+    from nets.checkpoint import CheckpointError
+    from nets.fields import ConfigError
+    from nets.training.fit import RunInterrupted
+    from nets.training.loop import TrainingFailed
+
+    try:
+        return call(), 0
+    except RunInterrupted as err:
+        if not main_process():
+            return None, err.code
+        if isinstance(err.__cause__, KeyboardInterrupt):
+            exit_after_interrupt(str(err), err.code)
+        print(str(err), file=sys.stderr, flush=True)
+        return None, err.code
+    except KeyboardInterrupt:
+        exit_after_interrupt(ctrl_c)
+    except TrainingFailed as err:
+        if not main_process():
+            raise SystemExit(1) from None  # every rank saw the same losses; rank 0 says why
+        fail(str(err), code=1)
+    except ConfigError as err:
+        fail(f"{flag_of(err.field)}: {err.reason}")
+    except CheckpointError as err:
+        fail(f"{checkpoint_flag + ': ' if checkpoint_flag else ''}{err}")
+    except (ValueError, *MNIST_ERRORS) as err:
+        fail(str(err))
 
 
 def int_at_least(low: int, high: int | None = None):

@@ -21,10 +21,12 @@ import diffusion_core as core
 import nets
 from nets.checkpoint import load_checkpoint
 from nets.diffusion import Diffusion, make_schedule
-from nets.distill import DistillConfig, round_budget
+from nets.distillation import DistillConfig
+from nets.distillation.rounds import round_budget
 from nets.pipeline import DistilledStepsWarning
 from nets.sampling import ChainOptions, DeviceCoefficients, Network, sample
-from nets.training.distillation import DistillationLoss
+from nets.distillation.loss import DistillationLoss
+from nets.training.config import TrainConfig, lr_at
 from nets.unet import UNet, UNetConfig
 
 T = 50
@@ -325,6 +327,15 @@ def test_two_processes_distil_like_one_with_the_global_batch(teacher, tmp_path):
                           timeout=300, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got, want = load_checkpoint(two), load_checkpoint(one)
-    for name, tensor in want["ema"].items():
-        torch.testing.assert_close(got["ema"][name], tensor, rtol=0, atol=1e-4)
+    # As in the trainer's test (test_distributed.py): the float rounding of a mean of 8 + 8 against
+    # a mean of 16 becomes, through Adam's division by √v̂, an update difference of up to a step's lr
+    # in entries whose gradient is ~0, and round 2's teacher is round 1's student, so the difference
+    # is bounded by the lr summed over both rounds' 4 steps (2·2e-4; measured on a Xeon with AMX:
+    # 7.6e-5, after a bound of 1e-4 had failed by 2.2e-4 when round 2's teachers differed in memory
+    # layout), while all but a few entries (measured 1.5 %) agree to 1e-6.
+    lr_sum = 2 * sum(lr_at(s, TrainConfig(lr=1e-3, warmup_steps=50), 4) for s in range(4))
+    for key in ("model", "ema"):
+        diffs = torch.cat([(got[key][n] - t).abs().flatten() for n, t in want[key].items()])
+        assert float(diffs.max()) <= lr_sum, key
+        assert float((diffs > 1e-6).float().mean()) <= 0.05, key
     assert json.loads((two / "config.json").read_text())["world_size"] == 2

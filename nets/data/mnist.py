@@ -30,6 +30,7 @@ from nets.data import fetch
 from nets.data.checksums import MNIST_CHECKSUMS, FileChecksum, integrity_problem
 from nets.data.fetch import MIRRORS_ENV
 from nets.data.idx import MnistFormatError, read_idx_with_header
+from nets.fields import ConfigError
 from nets.pixels import IMAGE_SIZE, NUM_CLASSES
 
 Split = Literal["train", "test"]
@@ -185,7 +186,7 @@ def training_and_held_out(n: int, limit: int | None = None, holdout: int = 0) ->
     them when None). Without a holdout the held-out rows are all those training does not use.
     ValueError when nothing is left to train on."""
     if holdout >= n:
-        raise ValueError(f"--holdout {holdout} leaves no training images of the {n} in the split")
+        raise ConfigError("holdout", f"{holdout} leaves no training images of the {n} in the split")
     pool = n - holdout
     stop = pool if limit is None else min(limit, pool)
     return slice(0, stop), slice(n - holdout if holdout else stop, n)

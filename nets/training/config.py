@@ -1,63 +1,150 @@
-"""The run's config (printed at start, saved in every checkpoint) and its per-step schedules."""
+"""The run's config (printed at start, saved in every checkpoint) and its per-step schedules.
+
+:class:`TrainConfig` checks itself once, in ``__post_init__`` (:mod:`nets.fields`): a value from
+Python, from the command's flags or from a stranger's saved config is a :class:`ConfigError`
+naming the field. Fields marked ``resumable`` are the ones a resumed run may change.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
 
-from nets.pixels import NUM_CLASSES
+import diffusion_core as core
+from nets.device import Precision
+from nets.fields import ConfigError, changes_on_resume, check_fields, integer, number, setting, text
+from nets.pixels import IMAGE_SHAPE, NUM_CLASSES
 from nets.unet import UNetConfig
 
-DEFAULT_EPOCHS = 10
-UNBOUNDED_STEPS = 10**9  # the bound of a run that the clock alone ends (epochs None)
+DEFAULT_EPOCHS = 10  # the length of a run given neither --epochs, --max-steps nor --max-minutes
+UNBOUNDED_STEPS = 10**9  # the bound of a run that the clock alone ends
+LrSchedule = Literal["constant", "cosine"]
+LR_SCHEDULES = ("constant", "cosine")
+Split = Literal["train", "test"]
+SEED_MAX = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class PreviewEvery:
+    """A preview every ``steps`` optimizer steps, or every ``minutes`` of wall time."""
+
+    steps: int | None = None
+    minutes: float | None = None
+
+    def describe(self) -> str:
+        if self.steps:
+            return f"every {self.steps} step{'s' if self.steps > 1 else ''}"
+        return f"every {self.minutes:g} minute{'s' if self.minutes != 1 else ''}"
+
+
+def parse_preview_every(value: str) -> PreviewEvery:
+    """``"200"`` → every 200 steps; ``"2m"`` or ``"0.5m"`` → every 2 (0.5) minutes. ValueError else."""
+    value = value.strip()
+    try:
+        if value.endswith("m"):
+            minutes = float(value[:-1])
+            if not math.isfinite(minutes) or minutes <= 0:
+                raise ValueError
+            return PreviewEvery(minutes=minutes)
+        steps = int(value)
+        if steps < 1:
+            raise ValueError
+        return PreviewEvery(steps=steps)
+    except ValueError:
+        raise ValueError(f"expected a number of steps (200) or of minutes (2m), got {value!r}") from None
+
+
+def _preview_rule(value) -> str | None:
+    if not isinstance(value, str):
+        return f"expected a string such as '200' or '2m', got {value!r}"
+    try:
+        parse_preview_every(value)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def _unet_rule(value) -> str | None:
+    if not isinstance(value, dict):
+        return f"expected the U-Net's config as a dict, got {type(value).__name__}"
+    try:
+        unet = UNetConfig.from_dict(value)
+    except (TypeError, ValueError) as err:
+        return str(err)
+    if (unet.in_channels, unet.image_size) != IMAGE_SHAPE[:2]:
+        return f"a U-Net of {unet.in_channels}×{unet.image_size}² images, not MNIST's 1×28²"
+    return None
 
 
 @dataclass
 class TrainConfig:
     """Everything that defines a run; printed at start and saved in every checkpoint."""
 
-    data_dir: str | None = None
-    split: str = "train"
-    limit: int | None = None
-    holdout: int = 0  # the last N images of the split, never trained on (nets.evaluate's reference)
-    epochs: int | None = DEFAULT_EPOCHS  # None: a --max-minutes run bounded by the clock alone
-    max_steps: int | None = None
-    max_minutes: float | None = None
-    batch_size: int = 64
-    lr: float = 2e-3
-    warmup_steps: int = 200
+    data_dir: str | None = setting(None, text, resumable=True)  # where the files are: may move
+    split: Split = setting("train")
+    limit: int | None = setting(None, integer(1))
+    holdout: int = setting(0, integer(0))  # the last N images of the split, never trained on
+    # None: DEFAULT_EPOCHS, unless --max-minutes bounds the run (then the clock alone)
+    epochs: int | None = setting(None, integer(1), resumable=True)
+    max_steps: int | None = setting(None, integer(1), resumable=True)
+    max_minutes: float | None = setting(None, number(0), resumable=True)
+    batch_size: int = setting(64, integer(1))
+    lr: float = setting(2e-3, number(0, 1e30))  # above 1e30, AdamW's step overflows
+    warmup_steps: int = setting(200, integer(0))
     # after the warm-up, a half cosine to 0 at the run's last step: at equal steps FD 79.0 vs
     # 83.1 for a constant lr (docs/results.md, the recipe study's follow-up)
-    lr_schedule: str = "cosine"
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    schedule: str = "linear"
-    timesteps: int = 1000
-    objective: str = "eps"
-    loss_weighting: str = "min-snr"
-    min_snr_gamma: float = 5.0
-    conditional: bool = True  # sampled at labels drawn from the class frequencies, it generates p(x)
-    label_dropout: float = 0.1
+    lr_schedule: LrSchedule = setting("cosine")
+    weight_decay: float = setting(0.0, number(0, 1, low_open=False))
+    grad_clip: float = setting(1.0, number(0))
+    ema_decay: float = setting(0.999, number(0, 1, low_open=False, high_open=True))
+    schedule: core.BetaScheduleName = setting("linear")
+    timesteps: int = setting(1000, integer(1))
+    objective: core.Objective = setting("eps")
+    loss_weighting: core.LossWeighting = setting("min-snr")
+    min_snr_gamma: float = setting(5.0, number(0))
+    conditional: bool = setting(True)  # sampled at the class frequencies, it generates p(x)
+    label_dropout: float = setting(0.1, number(0, 1, low_open=False, high_open=True))
     # the defaults won the equal-budget study (docs/results.md, "The recipe study"): at a
-    # fixed wall clock, width 16 and batch 64 buy 3.3x the steps of width 32 / batch 128
-    unet: dict = field(default_factory=lambda: UNetConfig(base_channels=16,
-                                                          num_classes=NUM_CLASSES).to_dict())
-    seed: int = 0
-    device: str = "auto"
-    compile: bool = False
-    precision: str = "auto"
-    run_dir: str = ""
-    checkpoint_every: int = 500
-    keep_checkpoints: bool = False
-    log_every: int = 25
-    num_samples: int = 64
-    sample_steps: int | None = None
-    figures: bool = True
-    preview: bool = True  # digits while it trains (nets.training.preview)
-    preview_every: str | None = None  # "N" steps or "Mm" minutes; None: a tenth of the run
-    dist_timeout: float = 300.0
-    world_size: int = 1  # processes that trained it (torchrun's WORLD_SIZE), not a flag
+    # fixed wall clock, width 16 and batch 64 buy 3.3x the steps of width 32 / batch 128.
+    # Its num_classes follows `conditional`; the command's U-Net flags set the rest.
+    unet: dict = setting(rule=_unet_rule, flag=False, factory=lambda: UNetConfig(
+        base_channels=16, num_classes=NUM_CLASSES).to_dict())
+    seed: int = setting(0, integer(0, SEED_MAX))
+    device: str = setting("auto", text, resumable=True)
+    compile: bool = setting(False, resumable=True)
+    precision: Precision = setting("auto", resumable=True)
+    run_dir: str = setting("", text)  # "": runs/<timestamp>, chosen when the run starts
+    checkpoint_every: int = setting(500, integer(1), resumable=True)
+    keep_checkpoints: bool = setting(False, resumable=True)
+    log_every: int = setting(25, integer(1), resumable=True)
+    num_samples: int = setting(64, integer(1), resumable=True)
+    sample_steps: int | None = setting(None, integer(1), resumable=True)  # None: all T
+    figures: bool = setting(True, resumable=True)
+    preview: bool = setting(True, resumable=True)  # digits while it trains (nets.training.preview)
+    preview_every: str | None = setting(None, _preview_rule, resumable=True)  # None: a tenth
+    dist_timeout: float = setting(300.0, number(0), resumable=True)
+    world_size: int = setting(1, integer(1), flag=False)  # processes that trained it (torchrun)
+
+    def __post_init__(self):
+        check_fields(self)
+        if self.sample_steps is not None and self.sample_steps > self.timesteps:
+            raise ConfigError("sample_steps", f"{self.sample_steps} exceeds timesteps {self.timesteps}")
+        self.unet = {**self.unet, "num_classes": NUM_CLASSES if self.conditional else 0}
+
+    @property
+    def unet_config(self) -> UNetConfig:
+        return UNetConfig.from_dict(self.unet)
+
+    @property
+    def figure_steps(self) -> int:
+        """The DDPM steps of the run's figures: --sample-steps, else all T."""
+        return self.sample_steps or self.timesteps
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 # What a run did before its config had these fields: a resumed old checkpoint keeps its own
@@ -66,17 +153,30 @@ BEFORE_THE_FIELD_EXISTED = {"loss_weighting": "uniform", "lr_schedule": "constan
 
 
 def saved_config(values: dict) -> TrainConfig:
-    """The TrainConfig of a checkpoint's saved config (TypeError on an unknown field)."""
+    """The TrainConfig of a checkpoint's saved config: ConfigError (a ValueError) on a bad value,
+    ValueError on an unknown field."""
+    if not isinstance(values, dict):
+        raise ValueError(f"the saved config is a {type(values).__name__}, not a dict")
+    unknown = sorted(set(values) - set(TrainConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"unknown config fields {', '.join(unknown)}")
     return TrainConfig(**{**BEFORE_THE_FIELD_EXISTED, **values})
 
 
-# Flags that may change when a run is resumed (to extend it or move it); all others are fixed.
-RESUMABLE_OVERRIDES = ("epochs", "max_steps", "max_minutes", "device", "compile", "precision",
-                       "checkpoint_every", "keep_checkpoints", "log_every", "figures", "num_samples",
-                       "sample_steps", "dist_timeout", "preview", "preview_every")
+def resumed_config(saved: TrainConfig, given: dict) -> TrainConfig:
+    """The saved run's config with the ``given`` values of its resumable fields; ValueError
+    naming any other given field whose value differs from the run's."""
+    overrides, refused = changes_on_resume(TrainConfig, saved, given)
+    if refused:
+        raise ConfigError(refused[0], f"a resumed run keeps its own {', '.join(refused)} "
+                          f"(only {', '.join(sorted(overrides) or ['the length, machine and output settings'])} "
+                          f"may change)")
+    return TrainConfig(**{**asdict(saved), **overrides})
 
 
-LR_SCHEDULES = ("constant", "cosine")
+def run_dir_of(cfg: TrainConfig) -> Path:
+    """The run's folder: ``run_dir``, or runs/<timestamp> when it is empty."""
+    return Path(cfg.run_dir) if cfg.run_dir else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
 
 def lr_at(step: int, cfg: TrainConfig, end: int) -> float:
@@ -96,8 +196,10 @@ def ema_decay_at(step: int, cfg: TrainConfig) -> float:
 
 
 def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
-    """The step the run ends at: --max-steps, else --epochs passes over the data, else (a
-    --max-minutes run without either) no bound but the clock's (``nets.training.budget``)."""
+    """The step the run ends at: --max-steps, else --epochs passes over the data (DEFAULT_EPOCHS
+    when neither is given), else (a --max-minutes run without either) no bound but the clock's
+    (``nets.training.budget``)."""
     if cfg.max_steps:
         return cfg.max_steps
-    return steps_per_epoch * cfg.epochs if cfg.epochs else UNBOUNDED_STEPS
+    epochs = cfg.epochs or (None if cfg.max_minutes else DEFAULT_EPOCHS)
+    return steps_per_epoch * epochs if epochs else UNBOUNDED_STEPS

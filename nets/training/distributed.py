@@ -111,12 +111,12 @@ class World:
                                                               if len(differ) > 3 else "")
             raise ReplicaMismatchError(f"the {self.size} ranks hold different weights in {shown}")
 
-    def leave(self) -> None:
-        """Every rank meets here, then all leave the process group together: no rank ends (see
-        ``run``) while another still talks to it, and rank 0 makes the figures without a group."""
+    def meet(self) -> None:
+        """Every rank waits here for the others (the end of a run: no rank ends, and so gets the
+        job stopped, while another still trains). The group itself stays for the process's next
+        run (a distillation's next round); :func:`run` leaves it when the command ends."""
         if self.size > 1 and dist.is_initialized():
             dist.barrier()
-            dist.destroy_process_group()
 
     @contextlib.contextmanager
     def local_main_first(self) -> Iterator[None]:
@@ -162,6 +162,9 @@ def setup(device: torch.device, timeout_s: float) -> World:
         raise ValueError(f"torchrun's WORLD_SIZE, RANK and LOCAL_RANK must be integers: {err}") from None
     if size <= 1:
         return World(device=device)
+    if dist.is_available() and dist.is_initialized():  # joined already (a distillation's next round)
+        device = torch.device("cuda", local_rank) if device.type == "cuda" else device
+        return World(rank=rank, local_rank=local_rank, size=size, device=device)
     if device.type == "cuda":
         if device.index is not None:
             raise ValueError(f"--device {device}: under torchrun each rank takes GPU LOCAL_RANK; "

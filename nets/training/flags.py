@@ -1,37 +1,23 @@
-"""The flags of ``python -m nets.train`` and the run config they resolve to.
-
-``build_parser`` holds every flag with its help and default (four groups: data and length,
-optimizer, diffusion and model, machine and run folder); ``config_from_args`` turns parsed flags
-into a :class:`TrainConfig`, or, with ``--resume``, reads the run's saved config, re-checks every
-value with the flag's own parser (:func:`check_saved_values`: a checkpoint may come from a
-stranger) and applies the flags a resume may change.
+"""The flags of ``python -m nets.train``: one per :class:`TrainConfig` field of the same name
+(``--batch-size`` sets ``batch_size``; a test checks every field has its flag and every flag its
+field), the U-Net's flags folded into ``unet``, and the command's own ``--resume`` and
+``--redo-figures``. ``build_parser`` holds every flag with its help and default (four groups: data
+and length, optimizer, diffusion and model, machine and run folder); :func:`config_values` turns
+the flags a command line gave into config fields. The values are checked by the config itself.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
-from dataclasses import fields
-from pathlib import Path
-from typing import get_args
 
-import diffusion_core as core
 from nets import cli
-from nets.checkpoint import CheckpointError, load_checkpoint
-from nets.pixels import NUM_CLASSES
-from nets.training.config import DEFAULT_EPOCHS, LR_SCHEDULES, RESUMABLE_OVERRIDES, TrainConfig, saved_config
-from nets.training.preview import parse_preview_every
+from nets.fields import ConfigError, choices
+from nets.training.config import DEFAULT_EPOCHS, TrainConfig, parse_preview_every
 from nets.unet import UNetConfig
 
-# Config fields that are on/off flags: (the flag that sets True, the flag that sets False).
-BOOLEAN_FLAGS = {"conditional": ("--conditional", "--no-conditional"), "compile": ("--compile", None),
-                 "keep_checkpoints": ("--keep-checkpoints", None), "figures": (None, "--no-figures"),
-                 "preview": (None, "--no-preview")}
-NOT_FLAGS = ("unet", "run_dir", "world_size")  # the U-Net's flags are checked by UNetConfig
 
-
-def build_parser(parser_class: type[cli.Parser] = cli.Parser) -> cli.Parser:
-    p = parser_class(prog="python -m nets.train", description="Train a DDPM on MNIST: python -m nets.train.")
+def build_parser() -> cli.Parser:
+    p = cli.Parser(prog="python -m nets.train", description="Train a DDPM on MNIST: python -m nets.train.")
     d = TrainConfig()
     add_data_flags(p.add_argument_group("data and length"), d)
     add_optimizer_flags(p.add_argument_group("optimizer"), d)
@@ -42,7 +28,7 @@ def build_parser(parser_class: type[cli.Parser] = cli.Parser) -> cli.Parser:
 
 def add_data_flags(g, d: TrainConfig) -> None:
     cli.add_data_dir(g)
-    g.add_argument("--split", choices=["train", "test"], default=d.split,
+    g.add_argument("--split", choices=choices(TrainConfig, "split"), default=d.split,
                    help="which MNIST split to train on")
     g.add_argument("--limit", type=cli.positive_int, help="use only the first N images")
     g.add_argument("--holdout", type=cli.int_at_least(0), default=d.holdout,
@@ -67,7 +53,7 @@ def add_optimizer_flags(g, d: TrainConfig) -> None:
                    help="AdamW peak learning rate")
     g.add_argument("--warmup-steps", type=cli.int_at_least(0), default=d.warmup_steps,
                    help="linear learning-rate warm-up steps")
-    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
+    g.add_argument("--lr-schedule", choices=choices(TrainConfig, "lr_schedule"), default=d.lr_schedule,
                    help="after the warm-up: a half cosine down to 0 at the run's last step, or "
                    "constant. The last step is --max-steps, else --epochs, or with --max-minutes the "
                    "step the budget reaches at the measured pace (recorded in the checkpoint)")
@@ -80,13 +66,13 @@ def add_optimizer_flags(g, d: TrainConfig) -> None:
 
 
 def add_diffusion_flags(g, d: TrainConfig) -> None:
-    g.add_argument("--schedule", choices=get_args(core.BetaScheduleName), default=d.schedule,
+    g.add_argument("--schedule", choices=choices(TrainConfig, "schedule"), default=d.schedule,
                    help="beta schedule")
     g.add_argument("--timesteps", type=cli.positive_int, default=d.timesteps,
                    help="diffusion steps T")
-    g.add_argument("--objective", choices=get_args(core.Objective), default=d.objective,
+    g.add_argument("--objective", choices=choices(TrainConfig, "objective"), default=d.objective,
                    help="what the network predicts")
-    g.add_argument("--loss-weighting", choices=get_args(core.LossWeighting), default=d.loss_weighting,
+    g.add_argument("--loss-weighting", choices=choices(TrainConfig, "loss_weighting"), default=d.loss_weighting,
                    help="per-timestep loss weight: uniform (Ho et al. 2020), min-snr (min(SNR, gamma) "
                    "on the x0 scale, Hang et al. 2023) or truncated-snr (max(SNR, 1) on the x0 scale, "
                    "Salimans & Ho 2022; meant for --objective v or x0: on eps it grows as 1/SNR)")
@@ -149,86 +135,40 @@ def add_run_flags(g, d: TrainConfig) -> None:
                    "again (by default only missing ones are made)")
 
 
-def config_from_args(argv: list[str] | None) -> tuple[TrainConfig, Path | None, argparse.Namespace]:
-    """The run's config, the run directory to resume (or None), and the parsed flags."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+UNET_FLAGS = ("base_channels", "channel_mults", "num_res_blocks", "attention_resolutions", "dropout")
+COMMAND_FLAGS = ("resume", "redo_figures")  # what the command does with a config, not part of it
+
+
+def config_values(given: dict, base: TrainConfig) -> dict:
+    """The TrainConfig fields the ``given`` flags set (``cli.given_flags``), over ``base``: the
+    U-Net's flags are folded into its ``unet``; ConfigError naming what does not fit."""
+    values = {k: v for k, v in given.items() if k not in UNET_FLAGS and k not in COMMAND_FLAGS}
+    if "data_dir" in values and values["data_dir"] is not None:
+        values["data_dir"] = str(values["data_dir"])
+    if any(k in given for k in UNET_FLAGS):
+        values["unet"] = unet_from_flags(given, base.unet)
+    return values
+
+
+def unet_from_flags(given: dict, base: dict) -> dict:
+    """``base`` (a U-Net config dict) with the given U-Net flags; ConfigError("unet") where the
+    result is no U-Net, ConfigError("attention_resolutions") for a size it does not have."""
+    unet = dict(base)
     try:
-        mults = tuple(int(m) for m in args.channel_mults.split(","))
-        attention = () if args.attention_resolutions == "none" else tuple(
-            int(r) for r in args.attention_resolutions.split(","))
-        unet = UNetConfig(base_channels=args.base_channels, channel_mults=mults,
-                          num_res_blocks=args.num_res_blocks, attention_resolutions=attention,
-                          dropout=args.dropout, num_classes=NUM_CLASSES if args.conditional else 0)
+        if "channel_mults" in given:
+            unet["channel_mults"] = [int(m) for m in given["channel_mults"].split(",")]
+        if "attention_resolutions" in given:
+            text = given["attention_resolutions"]
+            unet["attention_resolutions"] = [] if text == "none" else [int(r) for r in text.split(",")]
+        unet.update({k: given[k] for k in ("base_channels", "num_res_blocks", "dropout") if k in given})
+        config = UNetConfig.from_dict(unet)
     except ValueError as err:
-        parser.error(f"argument --channel-mults/--base-channels/--attention-resolutions: {err}")
-    unknown = sorted(set(attention) - set(unet.resolutions))
-    if unknown and args.attention_resolutions != parser.get_default("attention_resolutions"):
-        parser.error(f"argument --attention-resolutions: {','.join(map(str, unknown))} is not a "
-                     f"feature-map size of this U-Net ({','.join(map(str, unet.resolutions))})")
-    if args.sample_steps and args.sample_steps > args.timesteps:
-        parser.error(f"argument --sample-steps: {args.sample_steps} exceeds --timesteps "
-                     f"{args.timesteps}")
-    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
-    values["unet"] = unet.to_dict()
-    values["data_dir"] = str(args.data_dir) if args.data_dir else None
-    values["run_dir"] = args.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}"
-    if args.epochs is None:  # None in the config: the clock alone bounds the run
-        values["epochs"] = None if args.max_minutes and not args.max_steps else DEFAULT_EPOCHS
-    cfg = TrainConfig(**values)
-    if args.resume is None:
-        return cfg, None, args
-    # Resume: the saved config wins, except the flags that may extend or move a run.
-    if args.resume.is_file() and args.resume.name != "checkpoint.pt":
-        parser.error(f"argument --resume: expected a run directory or its checkpoint.pt, got "
-                     f"{args.resume}")
-    run_dir = args.resume if args.resume.is_dir() else args.resume.parent
-    try:
-        saved = load_checkpoint(run_dir)
-    except CheckpointError as err:
-        cli.fail(f"--resume: {err}")
-    if saved.get("distilled") is not None:
-        cli.fail(f"--resume: {run_dir} is a round of nets.distill, not a training run; continue "
-                 f"a distillation with python -m nets.distill --resume on its folder")
-    try:
-        resumed = saved_config({**saved["config"], "run_dir": str(run_dir)})
-        UNetConfig.from_dict(resumed.unet)
-        check_saved_values(resumed)
-    except (TypeError, ValueError, AttributeError) as err:
-        cli.fail(f"--resume: the config saved in {run_dir} is not a training config: {err}")
-    defaults = parser.parse_args([])
-    for name in RESUMABLE_OVERRIDES:
-        if getattr(args, name) != getattr(defaults, name):
-            setattr(resumed, name, getattr(args, name))
-    return resumed, run_dir, args
-
-
-def end_flags_given(args: argparse.Namespace) -> bool:
-    """Whether the command line moved the run's end (--epochs, --max-steps or --max-minutes)."""
-    defaults = build_parser().parse_args([])
-    return any(getattr(args, name) != getattr(defaults, name)
-               for name in ("epochs", "max_steps", "max_minutes"))
-
-
-def check_saved_values(cfg: TrainConfig) -> None:
-    """Check a resumed config with the flags' own parsers (a checkpoint may come from a
-    stranger): each value is parsed as its flag would be; ValueError names the first bad one."""
-    checker = build_parser(_RaisingParser)
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        if f.name in NOT_FLAGS or value is None:
-            continue
-        if f.name in BOOLEAN_FLAGS:
-            if not isinstance(value, bool):
-                raise ValueError(f"--{f.name.replace('_', '-')} = {value!r}: expected true or false")
-            continue
-        flag = f"--{f.name.replace('_', '-')}"
-        try:
-            checker.parse_args([flag, str(value)])
-        except ValueError as err:
-            raise ValueError(f"{flag} = {value!r}: {str(err).removeprefix(f'argument {flag}: ')}") from None
-    if cfg.sample_steps is not None and cfg.sample_steps > cfg.timesteps:
-        raise ValueError(f"--sample-steps {cfg.sample_steps} exceeds --timesteps {cfg.timesteps}")
+        raise ConfigError("unet", str(err)) from None
+    unknown = sorted(set(config.attention_resolutions) - set(config.resolutions))
+    if unknown and "attention_resolutions" in given:
+        raise ConfigError("attention_resolutions", f"{','.join(map(str, unknown))} is not a feature-map "
+                          f"size of this U-Net ({','.join(map(str, config.resolutions))})")
+    return config.to_dict()
 
 
 def preview_interval(text: str) -> str:
@@ -238,10 +178,3 @@ def preview_interval(text: str) -> str:
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
     return text.strip()
-
-
-class _RaisingParser(cli.Parser):
-    """The trainer's parser, raising ValueError(message) where the command would exit 2."""
-
-    def error(self, message: str):
-        raise ValueError(message)

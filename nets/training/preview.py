@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from nets import figures
 from nets.files import save_npz_atomic
 from nets.pixels import IMAGE_SHAPE, NUM_CLASSES, images_to_uint8
 from nets.sampling import ChainOptions, DeviceCoefficients, Network, SamplerSettings, sample
-from nets.training.config import TrainConfig
+from nets.training.config import PreviewEvery, TrainConfig, parse_preview_every
 
 PREVIEW_SAMPLER = SamplerSettings("dpmpp-2m", steps=10)
 PER_CLASS = 4  # rows of a conditional preview: 4 × 10 digits
@@ -34,36 +33,6 @@ UNCONDITIONAL_DIGITS = 40
 PREVIEWS_PER_RUN = 10  # the default --preview-every: a tenth of the run
 MAX_SHARE = 0.05  # of the run's wall time, at most, spent on previews
 PREVIEW_FILES = ("preview.png", "preview-history.png", "preview-history.npz")
-
-
-@dataclass(frozen=True)
-class PreviewEvery:
-    """A preview every ``steps`` optimizer steps, or every ``minutes`` of wall time."""
-
-    steps: int | None = None
-    minutes: float | None = None
-
-    def describe(self) -> str:
-        if self.steps:
-            return f"every {self.steps} step{'s' if self.steps > 1 else ''}"
-        return f"every {self.minutes:g} minute{'s' if self.minutes != 1 else ''}"
-
-
-def parse_preview_every(text: str) -> PreviewEvery:
-    """``"200"`` → every 200 steps; ``"2m"`` or ``"0.5m"`` → every 2 (0.5) minutes. ValueError else."""
-    text = text.strip()
-    try:
-        if text.endswith("m"):
-            minutes = float(text[:-1])
-            if not math.isfinite(minutes) or minutes <= 0:
-                raise ValueError
-            return PreviewEvery(minutes=minutes)
-        steps = int(text)
-        if steps < 1:
-            raise ValueError
-        return PreviewEvery(steps=steps)
-    except ValueError:
-        raise ValueError(f"expected a number of steps (200) or of minutes (2m), got {text!r}") from None
 
 
 def preview_every(cfg: TrainConfig, end: int) -> PreviewEvery:

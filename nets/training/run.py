@@ -3,7 +3,7 @@ random streams, the step reached; built fresh or restored from the run's checkpo
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,10 +14,11 @@ from nets.checkpoint import load_checkpoint, load_weights
 from nets.data import MnistArrays
 from nets.device import memory_format_for
 from nets.diffusion import Diffusion, make_schedule
+from nets.fields import ConfigError
 from nets.pixels import to_training_tensor
 from nets.training.config import TrainConfig, total_steps
 from nets.training.distributed import World
-from nets.training.step import Learner
+from nets.training.step import Learner, Objective
 from nets.unet import UNet, UNetConfig
 
 if TYPE_CHECKING:
@@ -46,9 +47,9 @@ def training_data(arrays: MnistArrays, cfg: TrainConfig, world: World,
     n = len(arrays.images)
     global_batch = cfg.batch_size * world.size  # per step; each rank trains on cfg.batch_size of it
     if global_batch > n:
-        raise ValueError(f"--batch-size {cfg.batch_size}"
-                         + (f" × {world.size} processes" if world.size > 1 else "")
-                         + f" exceeds the {n} training images")
+        raise ConfigError("batch_size", f"{cfg.batch_size}"
+                          + (f" × {world.size} processes" if world.size > 1 else "")
+                          + f" exceeds the {n} training images")
     images = to_training_tensor(arrays.images, world.device).contiguous(memory_format=memory_format)
     labels = torch.as_tensor(np.asarray(arrays.labels, dtype=np.int64), device=world.device)
     steps_per_epoch = n // global_batch
@@ -63,7 +64,8 @@ class TrainingRun:
     cfg: TrainConfig
     world: World
     run_dir: Path
-    diffusion: Diffusion
+    diffusion: Diffusion  # the model's schedule and objective: previews and figures sample with it
+    objective: Objective  # what the steps minimise: ``diffusion`` itself, or e.g. a distillation loss
     model: UNet
     ema: UNet
     forward: torch.nn.Module  # model, under DDP and/or torch.compile when asked
@@ -75,23 +77,26 @@ class TrainingRun:
     class_counts: list[int] | None = None  # training images per digit: nets.sample --digit frequencies
     planned_end: int | None = None  # the last step the --max-minutes budget fixed (nets.training.budget)
     preview: Preview | None = None  # rank 0's live preview, if any
+    record: dict = field(default_factory=dict)  # more entries for the checkpoint (a distilled student's)
 
     @property
     def learner(self) -> Learner:
         """What the next optimizer step uses: ``forward`` as wrapped by :func:`wrap_for_training`."""
-        return Learner(self.forward, self.model, self.ema, self.optimizer, self.diffusion, self.amp_dtype)
+        return Learner(self.forward, self.model, self.ema, self.optimizer, self.objective, self.amp_dtype)
 
     def checkpoint_state(self) -> dict:
         return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "step": self.step,
                 "config": asdict(self.cfg), "class_counts": self.class_counts,
                 "planned_end": self.planned_end,
-                "rng": {"generator": self.gen.get_state(), "torch": torch.get_rng_state()}}
+                "rng": {"generator": self.gen.get_state(), "torch": torch.get_rng_state()},
+                **self.record}
 
 
-def build_run(cfg: TrainConfig, world: World, run_dir: Path,
-              amp_dtype: torch.dtype | None) -> TrainingRun:
-    """A fresh run at step 0: seeded weights (the same on every rank), EMA = weights, AdamW."""
+def build_run(cfg: TrainConfig, world: World, run_dir: Path, amp_dtype: torch.dtype | None,
+              objective: Objective | None = None) -> TrainingRun:
+    """A fresh run at step 0: seeded weights (the same on every rank), EMA = weights, AdamW;
+    ``objective`` None: the diffusion loss of ``cfg``."""
     device = world.device
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     diffusion = Diffusion(make_schedule(cfg.schedule, cfg.timesteps), cfg.objective,
@@ -104,8 +109,8 @@ def build_run(cfg: TrainConfig, world: World, run_dir: Path,
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   fused=device.type == "cuda")
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    return TrainingRun(cfg, world, run_dir, diffusion, model, ema, model, optimizer, gen,
-                       amp_dtype, fmt)
+    return TrainingRun(cfg, world, run_dir, diffusion, objective or diffusion, model, ema, model,
+                       optimizer, gen, amp_dtype, fmt)
 
 
 def restore(run: TrainingRun, resume_dir: Path) -> None:

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 
-from nets.diffusion import Diffusion
 from nets.pixels import NUM_CLASSES
 from nets.training.config import TrainConfig
 
@@ -52,17 +51,25 @@ def draw_batch(data: torch.Tensor, targets: torch.Tensor, idx: torch.Tensor, row
     return Batch(x0, t, noise, y)
 
 
+class Objective(Protocol):
+    """What a run minimises: :meth:`nets.diffusion.Diffusion.loss` (the diffusion loss) or any
+    loss with its signature, e.g. a distillation round's (``nets.distillation.loss``)."""
+
+    def loss(self, model: Callable, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+             y: torch.Tensor | None = None) -> torch.Tensor: ...
+
+
 @dataclass(frozen=True)
 class Learner:
     """What one optimizer step uses and changes: the weights (called through ``forward``: the
-    model, or it wrapped by DDP / torch.compile), their EMA, AdamW, the diffusion's loss, and
-    the autocast dtype of the network (None: fp32)."""
+    model, or it wrapped by DDP / torch.compile), their EMA, AdamW, the objective, and the
+    autocast dtype of the network (None: fp32)."""
 
     forward: Callable
     model: torch.nn.Module
     ema: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    diffusion: Diffusion
+    objective: Objective
     amp_dtype: torch.dtype | None = None
 
 
@@ -79,7 +86,7 @@ def train_step(learner: Learner, batch: Batch, lr: float, ema_decay: float, grad
         group["lr"] = lr
     with torch.autocast(batch.x0.device.type, dtype=amp_dtype or torch.bfloat16,
                         enabled=amp_dtype is not None):
-        loss = learner.diffusion.loss(learner.forward, batch.x0, batch.t, batch.noise, batch.y)
+        loss = learner.objective.loss(learner.forward, batch.x0, batch.t, batch.noise, batch.y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
