@@ -28,15 +28,23 @@ from pathlib import Path
 import torch
 
 from nets import cli
-from nets.checkpoint import CheckpointError, load_model
+from nets.checkpoint import CheckpointError, LoadedModel, load_model
 from nets.data import MNIST_ERRORS
 from nets.evaluation import classifier as clf
 from nets.evaluation.nll import DEFAULT_NLL_IMAGES
 from nets.evaluation.protocol import calibrate
 from nets.evaluation.report import print_calibration, print_report
 from nets.evaluation.samples import SamplesError, load_samples
-from nets.evaluation.scoring import ClassifierMissing, Judge, ScoreOptions, make_judge, score_samples
+from nets.evaluation.scoring import (
+    ClassifierMissing,
+    EvaluationReport,
+    Judge,
+    ScoreOptions,
+    make_judge,
+    score_samples,
+)
 from nets.files import write_json_atomic
+from nets.pipeline import Pipeline
 
 
 def build_parser() -> cli.Parser:
@@ -131,17 +139,11 @@ def main(argv: list[str] | None = None) -> int:
                            progress=lambda name: print(f"  {name}: done", file=sys.stderr, flush=True))
         report["real"]["split"] = args.split
         report["classifier"] = {"path": str(judge.classifier_path), **judge.classifier_info}
+        print_calibration(report)
     else:
-        nll_images = DEFAULT_NLL_IMAGES if args.nll_images is None else args.nll_images
-        options = ScoreOptions(args.seed, args.train_images, nll_images, args.nll_batch_size)
-        try:
-            report = score_samples(judge, samples, labels, loaded, options)
-        except MNIST_ERRORS as err:
-            cli.fail(str(err))
-        except ValueError as err:
-            cli.fail(f"--checkpoint: its config's --limit/--holdout do not fit MNIST {args.split}: {err}")
-        report = {"samples": {"path": str(args.samples), **meta}, **report}
-    (print_calibration if args.calibrate else print_report)(report)
+        scored = score_or_exit(args, judge, loaded, (samples, labels, {"path": str(args.samples), **meta}))
+        print_report(scored)
+        report = scored.to_json()
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     json_path = args.json
     if json_path is None and args.samples is not None:
@@ -149,6 +151,22 @@ def main(argv: list[str] | None = None) -> int:
     if json_path is not None:
         write_json(report, json_path)
     return 0
+
+
+def score_or_exit(args, judge: Judge, loaded: LoadedModel | None, samples: tuple) -> EvaluationReport:
+    """The samples' report: ``Pipeline.evaluate`` with --checkpoint (one code path with the
+    Python API), else against the split alone; exit 2 naming the problem."""
+    images, labels, about = samples
+    nll_images = DEFAULT_NLL_IMAGES if args.nll_images is None else args.nll_images
+    options = ScoreOptions(args.seed, args.train_images, nll_images, args.nll_batch_size)
+    try:
+        if loaded is not None:
+            return Pipeline(loaded).evaluate(images, labels, judge=judge, options=options, about=about)
+        return score_samples(judge, images, labels, None, options, about)
+    except MNIST_ERRORS as err:
+        cli.fail(str(err))
+    except ValueError as err:
+        cli.fail(f"--checkpoint: its config's --limit/--holdout do not fit MNIST {args.split}: {err}")
 
 
 if __name__ == "__main__":

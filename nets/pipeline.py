@@ -26,7 +26,15 @@ from nets.checkpoint import LoadedModel, load_model
 from nets.device import autocast_dtype, describe_precision, pick_device, precision_name
 from nets.editing.inpaint import InpaintSettings, inpaint
 from nets.editing.inversion import decode, interpolate, invert
-from nets.evaluation.scoring import Judge, ScoreOptions, make_judge, score_samples
+from nets.evaluation.scoring import (
+    EvaluationReport,
+    Judge,
+    ScoreOptions,
+    check_samples,
+    make_judge,
+    score_samples,
+)
+from nets.fields import ConfigError
 from nets.pixels import IMAGE_SHAPE, IMAGE_SIZE, NUM_CLASSES, images_to_uint8, to_training_tensor
 from nets.sampling.batches import Generated, generate
 from nets.sampling.guidance import AutoGuided, check_guide_matches
@@ -161,9 +169,6 @@ class Pipeline:
         options = options or SampleOptions(progress=self.progress)
         coeffs = self._coefficients(sampler)
         self._warn_off_steps(sampler)
-        if options.cuda_graph and (self.device.type != "cuda" or sampler.multistep):
-            raise ValueError(f"cuda_graph needs a CUDA device and a one-step sampler (ddpm, ddim), "
-                             f"got {self.device} and {sampler.sampler}")
         cond = self.conditioning(n, digit, guidance, seed)
         generated = generate(self.net, coeffs, n, seed, cond, options)
         generated.settings = {**sampler.record(coeffs.num_steps), **self._record(digit, cond), "seed": seed,
@@ -179,16 +184,13 @@ class Pipeline:
         """The labels and guidance of ``n`` samples (see :meth:`sample`); "frequencies" draws the
         labels with ``seed``."""
         if self.guide is not None and guidance is not None:
-            raise ValueError("an autoguided model's weight is set by with_guide, not guidance")
-        if not self.conditional:
-            if digit is not None or guidance is not None:
-                raise ValueError(f"{self.loaded.path} is an unconditional model (trained without "
-                                 f"--conditional); it cannot be asked for a digit or guidance")
+            raise ConfigError("guidance", "an autoguided model's weight is set by with_guide, not guidance")
+        if not self._takes_labels(digit, guidance):
             return Conditioning()
         request = self._digit_request(digit)
         if request == "frequencies":
             if self.loaded.class_counts is None:
-                raise ValueError(f"{self.loaded.path} does not record its training set's class counts "
+                raise ConfigError("digit", f"{self.loaded.path} does not record its training set's class counts "
                                  f"(written by an older version); ask for digit 'all' (--digit all)")
             labels = labels_from_frequencies(n, self.loaded.class_counts, seed)
         else:
@@ -199,10 +201,15 @@ class Pipeline:
         """"0"-"9", "all" or "frequencies"; the default: frequencies where counts are recorded."""
         if digit is None:
             return "all" if self.loaded.class_counts is None else "frequencies"
-        text = str(digit)
-        if text not in DIGIT_REQUESTS and text not in [str(d) for d in range(NUM_CLASSES)]:
-            raise ValueError(f"digit: expected 0-9, all or frequencies, got {digit!r}")
-        return text
+        return _digit_text(digit, DIGIT_REQUESTS)
+
+    def _takes_labels(self, digit, guidance) -> bool:
+        """Whether the model is conditional; an unconditional one refuses a digit or guidance."""
+        if not self.conditional and (digit is not None or guidance is not None):
+            which = "digit" if digit is not None else "guidance"
+            raise ConfigError(which, f"{self.loaded.path} is an unconditional model (trained without "
+                              f"--conditional); it cannot be asked for a digit or guidance")
+        return self.conditional
 
     def _label(self, label: str) -> str | None:
         return label if self.progress else None
@@ -282,35 +289,47 @@ class Pipeline:
     def edit_options(self, n: int, digit: int | None, guidance: float | None) -> ChainOptions:
         """The chain options of ``n`` edited images: a conditional model decodes under ``digit``
         (CFG w = ``guidance``), or "no label"; an unconditional one refuses both (ValueError)."""
-        if not self.conditional:
-            if digit is not None or guidance is not None:
-                raise ValueError(f"{self.loaded.path} is an unconditional model; it takes no digit "
-                                 f"or guidance")
+        if not self._takes_labels(digit, guidance):
             return ChainOptions()
         if digit is None:
             if guidance is not None:
-                raise ValueError("guidance needs a digit (the label to guide towards)")
+                raise ConfigError("guidance", "needs a digit (the label to guide towards)")
             return ChainOptions(y=torch.full((n,), NUM_CLASSES, device=self.device))
-        if str(digit) not in [str(d) for d in range(NUM_CLASSES)]:
-            raise ValueError(f"digit: expected 0-9, got {digit!r}")
-        return ChainOptions(y=torch.full((n,), int(digit), device=self.device),
+        return ChainOptions(y=torch.full((n,), int(_digit_text(digit, ())), device=self.device),
                             guidance=None if guidance in (None, 1.0) else guidance)
 
     # ---- evaluation ---------------------------------------------------------------------------
 
-    def evaluate(self, images: np.ndarray, labels: np.ndarray | None = None, *, judge: Judge | None = None,
-                 data_dir: str | os.PathLike | None = None, options: ScoreOptions | None = None) -> dict:
-        """The report of uint8 ``images`` (N ≥ 2, 28, 28) against the real digits this model never
-        trained on (its checkpoint records them), the real-vs-real floor at the same n beside
-        them: Fréchet distance, recognised share, memorisation (``nets.evaluation.scoring``).
-        The real digits are MNIST test of ``data_dir`` (default: $DDPM_DATA_DIR or the download
-        cache): its held-out rows for a model trained on test with --holdout, all of it for a
-        model trained on train. ``judge`` (:func:`nets.evaluation.scoring.make_judge`; it holds
-        the classifier, $DDPM_CLASSIFIER or ~/.cache/ddpm/classifier.pt, trained first if
-        missing) is reused across calls."""
+    def evaluate(self, images: np.ndarray | Generated, labels: np.ndarray | None = None, *,
+                 judge: Judge | None = None, data_dir: str | os.PathLike | None = None,
+                 options: ScoreOptions | None = None, about: dict | None = None) -> EvaluationReport:
+        """The report of uint8 ``images`` (N ≥ 2, 28, 28), or of what :meth:`sample` returned,
+        against the real digits this model never trained on (its checkpoint records them), the
+        real-vs-real floor at the same n beside them: Fréchet distance, recognised share,
+        memorisation (``nets.evaluation.scoring``); ``about``: how they were made, kept in the
+        report (a Generated brings its settings). The real digits are MNIST test of ``data_dir``
+        (default: the run's own, else $DDPM_DATA_DIR or the download cache): its held-out rows for
+        a model trained on test with --holdout, all of it for a model trained on train. ``judge``
+        (:func:`nets.evaluation.scoring.make_judge`; it holds the classifier, $DDPM_CLASSIFIER or
+        ~/.cache/ddpm/classifier.pt, trained first if missing) is reused across calls.
+        ``nets.evaluate --checkpoint`` is this call."""
+        if isinstance(images, Generated):
+            images, labels, about = images.images, images.labels, {**images.settings, **(about or {})}
+        check_samples(images, labels)  # before any data is read
         if judge is None:
-            judge = make_judge(data_dir, "test", device=self.device)
-        return score_samples(judge, images, labels, self.loaded, options or ScoreOptions())
+            own = data_dir if data_dir is not None else self.loaded.config.get("data_dir")
+            judge = make_judge(own, "test", device=self.device)
+        return score_samples(judge, images, labels, self.loaded, options or ScoreOptions(), about)
+
+
+def _digit_text(digit: int | str, words: tuple[str, ...]) -> str:
+    """``digit`` as "0"-"9" or one of ``words`` ("all", "frequencies" where sampling takes them);
+    the one check of a requested digit."""
+    text = str(digit)
+    if text not in words and text not in [str(d) for d in range(NUM_CLASSES)]:
+        expected = "0-9" + "".join(f", {w}" for w in words[:-1]) + (f" or {words[-1]}" if words else "")
+        raise ConfigError("digit", f"expected {expected}, got {digit!r}")
+    return text
 
 
 def _check_digits(images: np.ndarray, what: str) -> np.ndarray:

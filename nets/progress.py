@@ -43,9 +43,11 @@ class Progress:
     """``label done/total [pct] <extra> <rate> ETA``; ``unit_scale`` turns done/s into the shown
     rate (images per step for training). Disabled (every torchrun rank but 0) it prints nothing."""
 
-    def __init__(self, label: str, total: int, start: int = 0, *, rate_unit: str = "img/s",
-                 unit_scale: float = 1.0, time_limit: float | None = None, enabled: bool = True):
-        self.label, self.total, self.start = label, total, start
+    def __init__(self, label: str | None, total: int, start: int = 0, *, rate_unit: str = "img/s",
+                 unit_scale: float = 1.0, time_limit: float | None = None):
+        """``label`` None: a disabled line (printing nothing), as on every torchrun rank but 0."""
+        enabled = label is not None
+        self.label, self.total, self.start = label or "", total, start
         self.rate_unit, self.unit_scale, self.time_limit = rate_unit, unit_scale, time_limit
         self.enabled = enabled
         self.tty = enabled and sys.stderr.isatty()

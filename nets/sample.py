@@ -31,17 +31,17 @@ from typing import get_args
 import diffusion_core as core
 from nets import cli
 from nets.checkpoint import CheckpointError, load_model
+from nets.fields import ConfigError
 from nets.pipeline import DEFAULT_AUTOGUIDANCE, Pipeline
+from nets.sampling.chain import check_cuda_graph
 from nets.sampling.outputs import OUTPUT_SUFFIXES, write_outputs
 from nets.sampling.settings import (
     DEFAULT_SAMPLER,
-    MULTISTEP,
     SAMPLERS,
     SOLVER_STEPS,
     SPACINGS,
     SampleOptions,
     SamplerSettings,
-    min_steps,
 )
 
 
@@ -95,24 +95,6 @@ def build_parser() -> cli.Parser:
     return p
 
 
-def check_flag_combinations(parser: cli.Parser, args) -> None:
-    """Flags that are valid alone but not together: exit 2 naming the flag."""
-    sampler = args.sampler or DEFAULT_SAMPLER
-    if args.out.suffix not in OUTPUT_SUFFIXES:
-        parser.error(f"argument --out: extension must be .npz or .png, got {args.out.name!r}")
-    if args.eta is not None and args.sampler != "ddim":
-        parser.error("argument --eta: applies to --sampler ddim only")
-    if args.variance is not None and args.sampler != "ddpm":
-        parser.error("argument --variance: applies to --sampler ddpm only")
-    if args.digit is not None and args.digit not in [*"0123456789", "all", "frequencies"]:
-        parser.error(f"argument --digit: expected 0-9, all or frequencies, got {args.digit!r}")
-    if args.sampler in MULTISTEP and args.steps is not None and args.steps < min_steps(sampler):
-        parser.error(f"argument --steps: {sampler} needs at least {min_steps(sampler)} "
-                     f"steps (its first step has no history and its last is first order)")
-    if args.sampler in MULTISTEP and args.cuda_graph:
-        parser.error(f"argument --cuda-graph: supports ddpm and ddim only, not {sampler}")
-
-
 def sampler_settings(args, pipe: Pipeline) -> SamplerSettings:
     """The flags' sampler; where --sampler is not given, the model's default (a distilled
     student's own DDIM chain) with the flags' --steps/--spacing on it."""
@@ -142,30 +124,29 @@ def pipeline_or_exit(args, device) -> Pipeline:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    check_flag_combinations(parser, args)
+    if args.out.suffix not in OUTPUT_SUFFIXES:
+        parser.error(f"argument --out: extension must be .npz or .png, got {args.out.name!r}")
     cli.warnings_as_lines()
+    try:
+        return sample_to_files(args)
+    except ConfigError as err:  # each option is checked once, by the library; here it names the flag
+        cli.fail(f"{cli.flag_of(err.field)}: {err.reason}")
+
+
+def sample_to_files(args) -> int:
     device = cli.device_from_flag(args.device)
-    if args.cuda_graph and device.type != "cuda":
-        parser.error(f"argument --cuda-graph: needs a CUDA device, got {device}")
     pipe = pipeline_or_exit(args, device)
-    try:
-        sampler = sampler_settings(args, pipe)
-        desc = pipe.describe_sampler(sampler)
-    except ValueError as err:
-        cli.fail(f"--steps: {err}")
-    if args.cuda_graph and sampler.multistep:
-        cli.fail(f"--cuda-graph: supports ddpm and ddim only, not {sampler.sampler} (give --sampler ddim)")
+    sampler = sampler_settings(args, pipe)
+    desc = pipe.describe_sampler(sampler)
     guidance = None if pipe.guide else args.guidance
-    try:
-        pipe.conditioning(1, args.digit, guidance)  # the labels and guidance this model takes
-    except ValueError as err:
-        cli.fail(f"--digit/--guidance: {err}")
+    pipe.conditioning(1, args.digit, guidance)  # the labels and guidance this model takes
+    options = SampleOptions(args.batch_size, cuda_graph=args.cuda_graph, progress=args.progress,
+                            trajectory=args.trajectory)
+    check_cuda_graph(options.cuda_graph, sampler.multistep, device)  # the chain's check, before any output
     print(f"model: {pipe.describe()}; sampler: {desc}", file=sys.stderr)
     if pipe.guide is not None:
         print(f"autoguidance: w = {pipe.guide_weight:g}, guided by {pipe.guide.path} "
               f"(step {pipe.guide.step})", file=sys.stderr)
-    options = SampleOptions(args.batch_size, cuda_graph=args.cuda_graph, progress=args.progress,
-                            trajectory=args.trajectory)
     gen = pipe.sample(args.n, digit=args.digit, guidance=guidance, sampler=sampler, seed=args.seed,
                       options=options)
     try:

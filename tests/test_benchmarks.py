@@ -84,7 +84,7 @@ def test_float64_sample_equals_chained_core_reverse_steps(sampler, steps, eta):
 
 def test_cuda_graph_needs_cuda_tensors():
     coeffs = DeviceCoefficients(make_coefficients(SCHEDULE, "ddim", 4))
-    with pytest.raises(ValueError, match="cuda_graph=True needs CUDA"):
+    with pytest.raises(ValueError, match="cuda_graph: needs a CUDA device"):
         sample(Network(TanhNet(), Diffusion(SCHEDULE)), coeffs, torch.zeros(1, 1, 4, 4),
                lambda k, like: torch.zeros_like(like), ChainOptions(cuda_graph=True))
 

@@ -22,10 +22,10 @@ import nets
 from nets.checkpoint import load_checkpoint
 from nets.diffusion import Diffusion, make_schedule
 from nets.distillation import DistillConfig
+from nets.distillation.loss import DistillationLoss
 from nets.distillation.rounds import round_budget
 from nets.pipeline import DistilledStepsWarning
 from nets.sampling import ChainOptions, DeviceCoefficients, Network, sample
-from nets.distillation.loss import DistillationLoss
 from nets.training.config import TrainConfig, lr_at
 from nets.unet import UNet, UNetConfig
 

@@ -132,8 +132,8 @@ def test_cli_samples_with_each_solver(checkpoints, tmp_path, capsys, sampler):  
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--sampler", "dpmpp-2m", "--eta", "0.5"], "--eta: applies to --sampler ddim only"),
-    (["--sampler", "sde-dpmpp-2m", "--variance", "beta"], "applies to --sampler ddpm only"),
+    (["--sampler", "dpmpp-2m", "--eta", "0.5"], "--eta: applies to the ddim sampler only"),
+    (["--sampler", "sde-dpmpp-2m", "--variance", "beta"], "applies to the ddpm sampler only"),
     (["--sampler", "dpmpp-2m", "--steps", "2"], "dpmpp-2m needs at least 3 steps"),
     (["--sampler", "dpmpp-3m", "--steps", "3"], "dpmpp-3m needs at least 4 steps"),
     (["--sampler", "dpmpp-2m", "--steps", "0"], "must be >= 1"),

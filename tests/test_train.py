@@ -12,13 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import diffusion_core as core
-from nets import train
+from nets import cli, train
 from nets.checkpoint import load_checkpoint, save_checkpoint
 from nets.device import memory_format_for
 from nets.diffusion import Diffusion
-from nets.training.config import TrainConfig, ema_decay_at, lr_at
-from nets import cli
 from nets.train import config_from_flags
+from nets.training.config import TrainConfig, ema_decay_at, lr_at
 from nets.training.flags import build_parser
 from nets.training.step import Learner, draw_batch, epoch_permutation, train_step
 from nets.unet import UNet, UNetConfig
@@ -327,7 +326,8 @@ def test_attention_resolutions_put_attention_where_asked(tmp_path, flag, attenti
     # mults 1,2 → sizes 28 and 14; one res block per level: 1 down and 2 up blocks per size carry it,
     # and the bottleneck always has one
     from nets.unet import AttentionBlock
-    cfg = config_from_flags(*cli.given_flags(build_parser(), ["--attention-resolutions", flag, *TINY_MODEL]))[0]
+    argv = ["--attention-resolutions", flag, *TINY_MODEL]
+    cfg = config_from_flags(*cli.given_flags(build_parser(), argv))[0]
     model = UNet(UNetConfig.from_dict(cfg.unet))
     assert sum(isinstance(m, AttentionBlock) for m in model.modules()) == attention_blocks
 

@@ -80,7 +80,8 @@ def load_mnist(data_dir: str | os.PathLike[str] | None, split: Split, download: 
     table = MNIST_CHECKSUMS if checksums is None else checksums
     images_name, labels_name = SPLIT_FILES[split]
     specs = [_checksum_for(table, name) for name in (images_name, labels_name)]
-    paths = [_find_or_download(data_dir, split, name, spec, download, base_urls, timeout)
+    mirrors = fetch.mnist_mirrors(base_urls) if download else None
+    paths = [_find_or_download(data_dir, split, name, spec, mirrors, timeout)
              for name, spec in zip((images_name, labels_name), specs, strict=True)]
     (images_path, labels_path), (images_spec, labels_spec) = paths, specs
 
@@ -129,12 +130,13 @@ def _find_local(data_dir: Path, name: str) -> Path | None:
     return None
 
 
-def _find_or_download(data_dir: Path, split: str, name: str, spec: FileChecksum, download: bool,
-                      base_urls: Sequence[str] | None, timeout: float) -> Path:
+def _find_or_download(data_dir: Path, split: str, name: str, spec: FileChecksum,
+                      mirrors: Sequence[str] | None, timeout: float) -> Path:
+    """The file ``name`` in ``data_dir``, else downloaded from ``mirrors`` (None: downloading is off)."""
     local = _find_local(data_dir, name)
     if local is not None:
         return local
-    if not download:
+    if mirrors is None:
         raise MnistUnavailableError(_unavailable_message(
             data_dir, split, f"{name}(.gz) is not in {data_dir} and downloading is off"))
     try:
@@ -144,7 +146,7 @@ def _find_or_download(data_dir: Path, split: str, name: str, spec: FileChecksum,
             data_dir, split, f"cannot create {data_dir}: {exc}")) from exc
     target = data_dir / f"{name}.gz"
     problems = []
-    for base in fetch.mnist_mirrors(base_urls):
+    for base in mirrors:
         url = f"{base}{name}.gz" if base.endswith("/") else f"{base}/{name}.gz"
         problem = fetch.download(url, target, spec, timeout)
         if problem is None:

@@ -177,7 +177,8 @@ def round_budget(cfg: DistillConfig, spent: float, rounds_left: int) -> float | 
     return left / rounds_left
 
 
-def round_config(cfg: DistillConfig, teacher_cfg: dict, budget_minutes: float | None, folder: Path) -> TrainConfig:
+def round_config(cfg: DistillConfig, teacher_cfg: dict, budget_minutes: float | None,
+                 folder: Path) -> TrainConfig:
     """The TrainConfig of one round: the teacher's model, schedule and data, the student's
     objective and this distillation's optimizer, length and machine."""
     base = saved_config(teacher_cfg)
@@ -211,7 +212,8 @@ def round_state(folder: Path) -> dict | None:
     return record
 
 
-def round_objective(cfg: DistillConfig, plan: Plan, r: int, teacher: LoadedModel, world: World) -> DistillationLoss:
+def round_objective(cfg: DistillConfig, plan: Plan, r: int, teacher: LoadedModel,
+                    world: World) -> DistillationLoss:
     """Round r's loss: the teacher's two DDIM steps under the round's arithmetic, the student's
     objective on the teacher's schedule."""
     amp = devices.autocast_dtype(cfg.precision, world.device)

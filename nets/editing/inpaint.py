@@ -62,7 +62,8 @@ def inpaint(net: Network, original: np.ndarray, known: np.ndarray, gen: torch.Ge
 
     x = randn(x0)
     ks = torch.arange(len(table.timesteps), device=device)
-    bar = Progress("inpainting step", len(table.timesteps), rate_unit="steps/s", enabled=settings.progress)
+    bar = Progress("inpainting step" if settings.progress else None, len(table.timesteps),
+                   rate_unit="steps/s")
     for k in range(len(table.timesteps)):
         last = k == len(table.timesteps) - 1
         for r in range(1 if last else resample):

@@ -120,10 +120,14 @@ def augment(x: torch.Tensor, gen: torch.Generator, shift: float = 2.0, degrees: 
     return F.grid_sample(x, grid, align_corners=False)
 
 
-def train_classifier(images: np.ndarray, labels: np.ndarray, epochs: int = 8,
-                     batch_size: int = 64, lr: float = 3e-3, seed: int = 0,
+BATCH_SIZE, PEAK_LR = 64, 3e-3  # the classifier's optimizer
+
+
+def train_classifier(images: np.ndarray, labels: np.ndarray, training: ClassifierTraining,
                      device: torch.device | str = "cpu", log: bool = False) -> MnistClassifier:
-    """Adam with a cosine-decayed learning rate on uint8 images (N, 28, 28) and labels (N,)."""
+    """Adam with a one-cycle learning rate on uint8 images (N, 28, 28) and labels (N,), for
+    ``training.epochs`` epochs from ``training.seed``."""
+    epochs, seed, batch_size, lr = training.epochs, training.seed, BATCH_SIZE, PEAK_LR
     torch.manual_seed(seed)
     model = MnistClassifier().to(device)
     x = to_unit_tensor(images, device)
@@ -134,7 +138,7 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, epochs: int = 8,
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * steps_per_epoch,
                                                 pct_start=0.15)
     model.train()
-    bar = Progress("classifier step", epochs * steps_per_epoch, unit_scale=batch_size, enabled=log)
+    bar = Progress("classifier step" if log else None, epochs * steps_per_epoch, unit_scale=batch_size)
     for epoch in range(epochs):
         perm = torch.randperm(len(x), generator=gen).to(device)
         total = 0.0
@@ -221,8 +225,7 @@ def train_and_save(images: np.ndarray, labels: np.ndarray, out: Path,
     min_accuracy = training.min_accuracy
     train_idx, hold_idx = holdout_split(len(images), holdout, seed)
     t0 = time.perf_counter()
-    model = train_classifier(images[train_idx], labels[train_idx], epochs=epochs, seed=seed,
-                             device=device, log=True)
+    model = train_classifier(images[train_idx], labels[train_idx], training, device, log=True)
     acc = accuracy(model, images[hold_idx], labels[hold_idx], device)
     info = {"held_out_accuracy": acc, "train_images": len(train_idx),
             "held_out_images": len(hold_idx), "epochs": epochs, "seed": seed, "source": source,

@@ -32,8 +32,7 @@ class NllResult:
 
 @torch.inference_mode()
 def nll_bits_per_dim(model: Callable, diffusion: Diffusion, images: np.ndarray, batch_size: int = 64,
-                     seed: int = 0, device: torch.device | str = "cpu",
-                     progress: bool = False) -> NllResult:
+                     seed: int = 0, progress: bool = False) -> NllResult:
     """Bits/dim of uint8 images (N, 28, 28) under the bound L = L_T + Σ L_{t-1} + L_0.
 
     Data as in Ho et al. (2020) §3.3: pixels scaled to [-1, 1], L_0 the discretised Gaussian
@@ -43,7 +42,7 @@ def nll_bits_per_dim(model: Callable, diffusion: Diffusion, images: np.ndarray, 
     """
     schedule = diffusion.schedule
     T = schedule.num_timesteps
-    device = torch.device(device)
+    device = diffusion.device  # the model's, where its tables are
     gen = torch.Generator(device=device).manual_seed(seed)
     per_image, parts = [], np.zeros(3)
     t0 = time.perf_counter()

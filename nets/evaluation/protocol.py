@@ -8,11 +8,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from nets.data import training_and_held_out
+from nets.data import MnistArrays, load_mnist, training_and_held_out
 from nets.evaluation import classifier as clf
 from nets.evaluation import metrics
 from nets.evaluation.nll import DEFAULT_NLL_IMAGES, nll_calibration
@@ -109,15 +110,49 @@ def training_images_of(real: np.ndarray, split: str, load_split: Callable[[str],
     return real, real[:0], f"all of MNIST {split} (assumed; pass --checkpoint or --train-images)"
 
 
-def real_floor(real_images: np.ndarray, real_features: np.ndarray, n: int,
-               model: clf.MnistClassifier, ref: Reference, seed: int, device: torch.device) -> dict:
+@dataclass(frozen=True)
+class Judge:
+    """What every score is measured with: MNIST ``split`` of ``data_dir``, the classifier and
+    its 128-d features of those real digits (``nets.evaluation.scoring.make_judge`` builds it)."""
+
+    split: str
+    data_dir: str | None
+    real: MnistArrays
+    classifier: clf.MnistClassifier
+    classifier_path: Path
+    classifier_info: dict
+    real_features: np.ndarray  # (N, 128) of real.images
+    device: torch.device
+
+    def images_of(self, split: str) -> np.ndarray:
+        """Another split's images (a model trained on the other one); MNIST errors as raised."""
+        return self.real.images if split == self.split else load_mnist(self.data_dir, split).images
+
+
+@dataclass(frozen=True)
+class RealSet:
+    """The real digits samples are compared with, and the classifier's features of them."""
+
+    images: np.ndarray  # (N, 28, 28) uint8
+    features: np.ndarray  # (N, 128)
+
+
+@dataclass(frozen=True)
+class TrainingSplit:
+    """The images the diffusion model trained on, and real ones it never saw (its baseline)."""
+
+    train: np.ndarray
+    held_out: np.ndarray
+
+
+def real_floor(judge: Judge, real: RealSet, n: int, ref: Reference, seed: int) -> dict:
     """The metrics of real digits at the samples' n: a random real subset of n (at most half)
     against the other real images, the floor every generated set is compared with."""
     rng = np.random.default_rng(seed)
-    n_floor = min(n, len(real_images) // 2)
-    pick = rng.permutation(len(real_images))
-    floor_stats = metrics.gaussian_statistics(real_features[pick[n_floor:]])
-    floor_out = clf.classify(model, real_images[pick[:n_floor]], device=device)
+    n_floor = min(n, len(real.images) // 2)
+    pick = rng.permutation(len(real.images))
+    floor_stats = metrics.gaussian_statistics(real.features[pick[n_floor:]])
+    floor_out = clf.classify(judge.classifier, real.images[pick[:n_floor]], device=judge.device)
     floor_cls = metrics.class_statistics(floor_out.probs, CONFIDENCE)
     return {
         "count": n_floor,
@@ -130,22 +165,19 @@ def real_floor(real_images: np.ndarray, real_features: np.ndarray, n: int,
     }
 
 
-def evaluate_samples(samples: np.ndarray, labels: np.ndarray | None, real_images: np.ndarray,
-                     real_features: np.ndarray, model: clf.MnistClassifier, train: np.ndarray,
-                     held_out: np.ndarray, seed: int) -> dict:
+def evaluate_samples(judge: Judge, samples: np.ndarray, labels: np.ndarray | None, real: RealSet,
+                     split: TrainingSplit, seed: int) -> dict:
     """The samples' metrics against the real images, the floor beside them, memorisation
-    against ``train`` with ``held_out`` real images as its baseline; the classifier runs on the
-    device its weights are on."""
-    device = next(model.parameters()).device
-    ref = make_reference(train, held_out, seed)
+    against ``split.train`` with ``split.held_out`` real images as its baseline."""
+    ref = make_reference(split.train, split.held_out, seed)
     t0 = time.perf_counter()
-    gen = image_set_metrics(samples, model, ref, metrics.gaussian_statistics(real_features),
-                            device, labels)
+    gen = image_set_metrics(samples, judge.classifier, ref, metrics.gaussian_statistics(real.features),
+                            judge.device, labels)
     eval_seconds = time.perf_counter() - t0
     return {
         "metrics": asdict(gen),
-        "real_floor": real_floor(real_images, real_features, len(samples), model, ref, seed, device),
-        "memorisation": {"training_count": len(train), "baseline": ref.baseline_kind,
+        "real_floor": real_floor(judge, real, len(samples), ref, seed),
+        "memorisation": {"training_count": len(split.train), "baseline": ref.baseline_kind,
                          "baseline_count": len(ref.baseline_nn)},
         "max_class_entropy": metrics.MAX_ENTROPY_10,
         "eval_images_per_second": len(samples) / max(eval_seconds, 1e-9),

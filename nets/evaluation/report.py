@@ -1,17 +1,50 @@
-"""The tables ``nets.evaluate`` prints: samples beside real digits, and the calibration."""
+"""The evaluation report (one frozen dataclass, built by ``nets.evaluation.scoring.score_samples``
+alone) and the tables ``nets.evaluate`` prints: samples beside real digits, and the calibration."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
+
 from nets.evaluation.metrics import MAX_ENTROPY_10
 from nets.evaluation.protocol import CONFIDENCE
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    """The scores of one sample set: ``metrics`` of the samples and ``real_floor``, the same of
+    real digits at the same n (each: frechet_distance, confident_fraction, mean_confidence,
+    class_entropy, nn_median, ...), ``real`` (which digits they were compared with),
+    ``memorisation``, the ``classifier``, the ``nll`` of real digits (or None), and ``samples``:
+    how the samples were made (their file and sampler settings, when known)."""
+
+    real: dict
+    metrics: dict
+    real_floor: dict
+    memorisation: dict
+    max_class_entropy: float
+    eval_images_per_second: float
+    classifier: dict
+    nll: dict | None = None
+    samples: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """The report as the JSON ``nets.evaluate`` writes (no ``nll`` key when none was measured)."""
+        out = asdict(self)
+        if out["nll"] is None:
+            del out["nll"]
+        return out
+
+    def __getitem__(self, key: str):
+        """``report["metrics"]``: the JSON's entries, as the report read before it was a dataclass."""
+        return self.to_json()[key]
 
 
 def _fmt(value, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
-def print_report(report: dict) -> None:
-    m, f, s = report["metrics"], report["real_floor"], report["samples"]
+def print_report(report: EvaluationReport) -> None:
+    m, f, s = report.metrics, report.real_floor, report.samples
     rows = [
         ("Fréchet distance (classifier features)", _fmt(m["frechet_distance"], ".3f"),
          _fmt(f["frechet_distance"], ".3f")),
@@ -25,7 +58,7 @@ def print_report(report: dict) -> None:
         ("memorisation ratio (samples / real)", _fmt(m["memorisation_ratio"], ".3f"), "1"),
     ]
     if m.get("label_agreement") is not None:  # real: the classifier's held-out accuracy
-        accuracy = report.get("classifier", {}).get("held_out_accuracy")
+        accuracy = report.classifier.get("held_out_accuracy")
         rows.append(("classified as the requested digit", f"{100 * m['label_agreement']:.1f}%",
                      "—" if accuracy is None else f"{100 * accuracy:.1f}%"))
         rows += [(f"  requested digit {d}", f"{100 * a:.1f}%", "")
@@ -35,13 +68,12 @@ def print_report(report: dict) -> None:
     for name, a, b in rows:
         print(f"{name:<42}{a:>12}{b:>12}")
     print("class histogram (0-9): " + " ".join(map(str, m["class_histogram"])))
-    mem = report["memorisation"]
-    if "reference" in report.get("real", {}):
-        print(f"real digits compared with: {report['real']['reference']}")
+    mem = report.memorisation
+    print(f"real digits compared with: {report.real['reference']}")
     print(f"training images: {mem['training_images']}; real baseline: {mem['baseline']} "
           f"({mem['baseline_count']} images)")
-    if "nll" in report:
-        n = report["nll"]
+    if report.nll is not None:
+        n = report.nll
         print(f"NLL: {n['bits_per_dim']:.3f} ± {_fmt(n['stderr'], '.3f')} bits/dim on {n['images']} "
               f"{n['which']} real images (L_T {n['prior_bpd']:.4f}, Σ L_t-1 "
               f"{n['diffusion_bpd']:.3f}, L_0 {n['decoder_bpd']:.3f}; {n['seconds']:.1f}s)")
@@ -51,7 +83,7 @@ def print_report(report: dict) -> None:
             what += f", eta {s.get('eta', 0):g}"
         print(f"sampler: {what}: {s['images_per_second']:.2f} images/s on "
               f"{s.get('device', '?')}")
-    print(f"evaluation: {report['eval_images_per_second']:.1f} images/s")
+    print(f"evaluation: {report.eval_images_per_second:.1f} images/s")
 
 
 def print_calibration(report: dict) -> None:

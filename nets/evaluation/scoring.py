@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from nets.checkpoint import LoadedModel
-from nets.data import MNIST_ERRORS, MnistArrays, load_mnist
+from nets.data import MNIST_ERRORS, load_mnist
 from nets.evaluation import classifier as clf
 from nets.evaluation.nll import DEFAULT_NLL_IMAGES, nll_bits_per_dim
-from nets.evaluation.protocol import evaluate_samples, training_images_of
+from nets.evaluation.protocol import Judge, RealSet, TrainingSplit, evaluate_samples, training_images_of
+from nets.evaluation.report import EvaluationReport
 from nets.evaluation.samples import SamplesError, check_arrays
 
 
@@ -30,25 +31,6 @@ class ClassifierMissing(ValueError):
     def __init__(self, path: Path, command: str):
         super().__init__(f"{path} not found; train it with: {command}")
         self.command = command
-
-
-@dataclass(frozen=True)
-class Judge:
-    """What every score is measured with: MNIST ``split`` of ``data_dir``, the classifier and
-    its 128-d features of those real digits."""
-
-    split: str
-    data_dir: str | None
-    real: MnistArrays
-    classifier: clf.MnistClassifier
-    classifier_path: Path
-    classifier_info: dict
-    real_features: np.ndarray  # (N, 128) of real.images
-    device: torch.device
-
-    def images_of(self, split: str) -> np.ndarray:
-        """Another split's images (a model trained on the other one); MNIST errors as raised."""
-        return self.real.images if split == self.split else load_mnist(self.data_dir, split).images
 
 
 def classifier_command(split: str, path: Path, data_dir: str | os.PathLike | None) -> str:
@@ -100,32 +82,34 @@ class ScoreOptions:
 
 
 def score_samples(judge: Judge, samples: np.ndarray, labels: np.ndarray | None = None,
-                  model: LoadedModel | None = None, options: ScoreOptions = ScoreOptions()) -> dict:
+                  model: LoadedModel | None = None, options: ScoreOptions = ScoreOptions(),
+                  about: dict | None = None) -> EvaluationReport:
     """The report of uint8 ``samples`` (N ≥ 2, 28, 28) (``labels``: the digits they were asked
-    for): metrics against the real digits, the floor, memorisation against the model's training
-    images, and (``model`` given, ``options.nll_images`` > 0) the NLL of real digits.
+    for; ``about``: how they were made, kept in the report): metrics against the real digits,
+    the floor, memorisation against the model's training images, and (``model`` given,
+    ``options.nll_images`` > 0) the NLL of real digits. The one place a report is built.
 
     With ``model`` its config says which digits it trained on; where it trained on this split
     and held some out, the samples are compared with exactly those. ValueError when the config's
     --limit/--holdout do not fit the split; MNIST errors when its other split is missing.
     """
-    _check_samples(samples, labels)
+    check_samples(samples, labels)
     train, held_out, described = training_images_of(
         judge.real.images, judge.split, judge.images_of,
         model.config if model is not None else None, options.train_images)
-    reference, features = judge.real.images, judge.real_features
-    which = f"all of MNIST {judge.split}"
+    real, which = RealSet(judge.real.images, judge.real_features), f"all of MNIST {judge.split}"
     if model is not None and model.config.get("split", judge.split) == judge.split and len(held_out) >= 2:
-        reference, which = held_out, f"the {len(held_out)} images of MNIST {judge.split} it never trained on"
-        features = clf.classify(judge.classifier, held_out, device=judge.device).features
-    report = evaluate_samples(samples, labels, reference, features, judge.classifier, train, held_out,
-                              options.seed)
-    report = {"real": {"split": judge.split, "count": len(reference), "reference": which}, **report}
-    report["memorisation"]["training_images"] = described
+        which = f"the {len(held_out)} images of MNIST {judge.split} it never trained on"
+        real = RealSet(held_out, clf.classify(judge.classifier, held_out, device=judge.device).features)
+    parts = evaluate_samples(judge, samples, labels, real, TrainingSplit(train, held_out), options.seed)
+    parts["memorisation"]["training_images"] = described
+    nll = None
     if model is not None and options.nll_images:
-        report["nll"] = _nll(model, train, held_out, options, judge.device)
-    report["classifier"] = {"path": str(judge.classifier_path), **judge.classifier_info}
-    return report
+        nll = _nll(model, train, held_out, options, judge.device)
+    return EvaluationReport(
+        real={"split": judge.split, "count": len(real.images), "reference": which}, **parts,
+        classifier={"path": str(judge.classifier_path), **judge.classifier_info}, nll=nll,
+        samples=dict(about or {}))
 
 
 def _nll(model: LoadedModel, train: np.ndarray, held_out: np.ndarray, options: ScoreOptions,
@@ -136,17 +120,18 @@ def _nll(model: LoadedModel, train: np.ndarray, held_out: np.ndarray, options: S
     print(f"NLL on {n} {which} images: {model.diffusion.num_timesteps} model calls per batch of "
           f"{options.nll_batch_size}", file=sys.stderr)
     nll = nll_bits_per_dim(model.model, model.diffusion, source[:n], options.nll_batch_size,
-                           options.seed, device, progress=True)
+                           options.seed, progress=True)
     return {**asdict(nll), "which": which, "checkpoint": str(model.path), "weights": model.weights,
             "timesteps": model.diffusion.num_timesteps}
 
 
-def _check_samples(samples: np.ndarray, labels: np.ndarray | None) -> None:
+def check_samples(samples: np.ndarray, labels: np.ndarray | None) -> None:
+    """ValueError unless ``samples`` are uint8 digits (N ≥ 2, 28, 28) with matching ``labels``."""
     try:
         check_arrays("samples", np.asarray(samples), None if labels is None else np.asarray(labels))
     except SamplesError as err:
         raise ValueError(str(err)) from None
 
 
-__all__ = ["DEFAULT_NLL_IMAGES", "MNIST_ERRORS", "ClassifierMissing", "Judge", "ScoreOptions",
-           "classifier_command", "make_judge", "score_samples"]
+__all__ = ["DEFAULT_NLL_IMAGES", "MNIST_ERRORS", "ClassifierMissing", "EvaluationReport", "Judge",
+           "ScoreOptions", "check_samples", "classifier_command", "make_judge", "score_samples"]

@@ -60,7 +60,7 @@ def generate(net: Network, coeffs: DeviceCoefficients, n: int, seed: int = 0,
 
     images = np.empty((n, *IMAGE_SHAPE[1:]), dtype=np.uint8)
     snaps, snap_t = None, []
-    bar = Progress("sampling", n, enabled=options.progress)
+    bar = Progress("sampling" if options.progress else None, n)
     t0 = time.perf_counter()
     for start in range(0, n, options.batch_size):
         b = min(options.batch_size, n - start)

@@ -18,7 +18,6 @@ runs give the same images and leave the generator in the same state.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -26,6 +25,7 @@ from typing import NamedTuple
 import torch
 
 from nets.diffusion import Diffusion
+from nets.fields import ConfigError
 from nets.progress import Progress
 from nets.sampling.settings import ChainOptions, DeviceCoefficients, Network
 
@@ -85,17 +85,27 @@ def _step_table(coeffs: DeviceCoefficients, diffusion: Diffusion, dtype: torch.d
     return torch.stack([c.to(dtype) for c in columns], dim=1)
 
 
-def _sample_step(net: Network, table: torch.Tensor, timesteps: torch.Tensor, options: ChainOptions,
-                 x: torch.Tensor, k: torch.Tensor, noise: torch.Tensor | None, history: tuple | None = None):
-    """Step k (a (1,) long device tensor) of the chain: network, guidance, update. → x_prev, or
-    (x_prev, x̂0) for a multistep sampler (``history`` given)."""
-    t = timesteps.index_select(0, k).expand(x.shape[0])  # (B,)
-    with torch.autocast(x.device.type, dtype=net.autocast_dtype or torch.bfloat16,
-                        enabled=net.autocast_dtype is not None, cache_enabled=False):
-        output = _model_output(net.model, x, t, options.y, options.guidance)
-    c = _StepCoefficients(*table.index_select(0, k).unbind(1))  # nine (1,) tensors
-    x_prev, x0 = _update(x, output.to(x.dtype), noise, c, options.clip_x0, history)
-    return x_prev if history is None else (x_prev, x0)
+@dataclass(frozen=True)
+class _Step:
+    """One step of a chain: the network, the (K, 9) step table, the timesteps and the options."""
+
+    net: Network
+    table: torch.Tensor
+    timesteps: torch.Tensor
+    options: ChainOptions
+
+    def __call__(self, x: torch.Tensor, k: torch.Tensor, noise: torch.Tensor | None,
+                 history: tuple | None = None):
+        """Step k (a (1,) long device tensor) of the chain: network, guidance, update. → x_prev,
+        or (x_prev, x̂0) for a multistep sampler (``history`` given)."""
+        net, options = self.net, self.options
+        t = self.timesteps.index_select(0, k).expand(x.shape[0])  # (B,)
+        with torch.autocast(x.device.type, dtype=net.autocast_dtype or torch.bfloat16,
+                            enabled=net.autocast_dtype is not None, cache_enabled=False):
+            output = _model_output(net.model, x, t, options.y, options.guidance)
+        c = _StepCoefficients(*self.table.index_select(0, k).unbind(1))  # nine (1,) tensors
+        x_prev, x0 = _update(x, output.to(x.dtype), noise, c, options.clip_x0, history)
+        return x_prev if history is None else (x_prev, x0)
 
 
 class _CudaGraphStep:
@@ -137,8 +147,7 @@ def step_function(net: Network, coeffs: DeviceCoefficients, dtype: torch.dtype,
     """``step(x, k, noise) → x_prev``: one step k (a (1,) long device tensor) of a one-step table,
     for loops that do more between steps than :func:`sample` (inpainting's replacement and
     resampling); the same network call, guidance and update as :func:`sample`."""
-    return functools.partial(_sample_step, net, _step_table(coeffs, net.diffusion, dtype), coeffs.timesteps,
-                             options)
+    return _Step(net, _step_table(coeffs, net.diffusion, dtype), coeffs.timesteps, options)
 
 
 @torch.inference_mode()
@@ -157,25 +166,17 @@ def sample(net: Network, coeffs: DeviceCoefficients, x_T: torch.Tensor, noise_fn
     the same (one-step samplers only). A multistep table (DPM-Solver++) carries the last two
     clipped x̂0 from step to step: the same loop, with the history the core's C and D columns weigh.
     """
-    cuda_graph, num_snapshots = options.cuda_graph, options.num_snapshots
-    if cuda_graph and x_T.device.type != "cuda":
-        raise ValueError(f"cuda_graph=True needs CUDA tensors, got x_T on {x_T.device}")
-    multistep = coeffs.history_length > 0
-    if cuda_graph and multistep:
-        raise ValueError("cuda_graph=True supports the one-step samplers (ddpm, ddim) only")
-    num_steps = coeffs.num_steps
-    record = set()
-    if num_snapshots:
-        record = {round(i * num_steps / num_snapshots) for i in range(num_snapshots)}
+    multistep, num_steps = coeffs.history_length > 0, coeffs.num_steps
+    check_cuda_graph(options.cuda_graph, multistep, x_T.device)
+    record = snapshot_steps(num_steps, options.num_snapshots)
     snaps, snap_t = [], []
     step = step_function(net, coeffs, x_T.dtype, options)
-    if cuda_graph:
+    if options.cuda_graph:
         step = _CudaGraphStep(step, x_T)
     ks = torch.arange(num_steps, device=x_T.device)  # ks[k:k+1] indexes step k without a copy
     x = x_T
     history = (torch.zeros_like(x_T), torch.zeros_like(x_T)) if multistep else None
-    bar = Progress(options.progress or "", num_steps, rate_unit="steps/s",
-                   enabled=options.progress is not None)
+    bar = Progress(options.progress, num_steps, rate_unit="steps/s")
     for k in range(num_steps):
         bar.update(k)
         if k in record:
@@ -191,11 +192,24 @@ def sample(net: Network, coeffs: DeviceCoefficients, x_T: torch.Tensor, noise_fn
     bar.update(num_steps)
     bar.close()
     # The last step has ᾱ_prev = 1 and σ = 0, so x is x̂0 itself.
-    images = x
-    if num_snapshots:
-        snaps.append(images.float().clone())
+    if options.num_snapshots:
+        snaps.append(x.float().clone())
         snap_t.append(0)
-    return SampleResult(images, torch.stack(snaps) if snaps else None, snap_t)
+    return SampleResult(x, torch.stack(snaps) if snaps else None, snap_t)
+
+
+def check_cuda_graph(cuda_graph: bool, multistep: bool, device: torch.device) -> None:
+    """The one check of ``cuda_graph``: it replays one captured step of a one-step table on CUDA."""
+    if cuda_graph and multistep:
+        raise ConfigError("cuda_graph", "supports ddpm and ddim only (one-step tables), not a "
+                          "multistep solver")
+    if cuda_graph and device.type != "cuda":
+        raise ConfigError("cuda_graph", f"needs a CUDA device, got x_T on {device}")
+
+
+def snapshot_steps(num_steps: int, num_snapshots: int) -> set[int]:
+    """The steps before which the chain records x_t: ``num_snapshots`` evenly spaced, x_T first."""
+    return {round(i * num_steps / num_snapshots) for i in range(num_snapshots)} if num_snapshots else set()
 
 
 def _model_output(model, x, t, y, guidance):

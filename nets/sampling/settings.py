@@ -7,8 +7,8 @@
                      the reverse-diffusion trajectory
     ChainOptions     the same for one batch through the chain (its labels as a tensor)
 
-A bad value is a ``ValueError`` that names it, raised when the bundle is built, so the loops
-below never branch on an unchecked option.
+A bad value is a ``ValueError`` (:class:`nets.fields.ConfigError`) that names it, raised when the
+bundle is built, so the loops below, and the commands above, never check an option again.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from torch import nn
 
 import diffusion_core as core
 from nets.diffusion import Diffusion, as_table
+from nets.fields import ConfigError
 from nets.pixels import NUM_CLASSES
 
 SAMPLERS = ("ddpm", "ddim", "dpmpp-2m", "dpmpp-3m", "sde-dpmpp-2m")
@@ -69,25 +70,28 @@ class SamplerSettings:
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler: {self.sampler!r} (expected one of {', '.join(SAMPLERS)})")
+            raise ConfigError("sampler", f"unknown sampler {self.sampler!r} (expected one of "
+                              f"{', '.join(SAMPLERS)})")
         if self.spacing not in SPACINGS:
-            raise ValueError(f"unknown spacing: {self.spacing!r} (expected one of {', '.join(SPACINGS)})")
+            raise ConfigError("spacing", f"unknown spacing {self.spacing!r} (expected one of "
+                              f"{', '.join(SPACINGS)})")
         if self.steps is not None and (not isinstance(self.steps, int | np.integer) or self.steps < 1):
-            raise ValueError(f"steps must be a positive integer or None, got {self.steps!r}")
+            raise ConfigError("steps", f"must be a positive integer or None, got {self.steps!r}")
         if self.sampler in MULTISTEP and self.steps is not None and self.steps < min_steps(self.sampler):
-            raise ValueError(f"{self.sampler} needs at least {min_steps(self.sampler)} steps (its first "
-                             f"step has no history and its last is first order), got {self.steps}")
+            raise ConfigError("steps", f"{self.sampler} needs at least {min_steps(self.sampler)} steps "
+                              f"(its first step has no history and its last is first order), "
+                              f"got {self.steps}")
         if self.eta is not None:
             if self.sampler != "ddim":
-                raise ValueError(f"eta applies to the ddim sampler only, not {self.sampler}")
+                raise ConfigError("eta", f"applies to the ddim sampler only, not {self.sampler}")
             if not 0.0 <= self.eta <= 1.0:
-                raise ValueError(f"eta must be in [0, 1], got {self.eta}")
+                raise ConfigError("eta", f"must be in [0, 1], got {self.eta}")
         if self.variance is not None:
             if self.sampler != "ddpm":
-                raise ValueError(f"variance applies to the ddpm sampler only, not {self.sampler}")
+                raise ConfigError("variance", f"applies to the ddpm sampler only, not {self.sampler}")
             if self.variance not in get_args(core.Variance):
-                raise ValueError(f"unknown variance: {self.variance!r} (expected one of "
-                                 f"{', '.join(get_args(core.Variance))})")
+                raise ConfigError("variance", f"unknown variance {self.variance!r} (expected one of "
+                                  f"{', '.join(get_args(core.Variance))})")
 
     @property
     def multistep(self) -> bool:
@@ -100,12 +104,21 @@ class SamplerSettings:
         return min(SOLVER_STEPS, num_timesteps) if self.multistep else num_timesteps
 
     def table(self, schedule: core.DiffusionSchedule) -> core.ReverseCoefficients:
-        """The core's step table on ``schedule``; ValueError if ``steps`` exceeds its T."""
-        if self.steps is not None and self.steps > schedule.num_timesteps:
-            raise ValueError(f"steps {self.steps} exceeds the model's T = {schedule.num_timesteps}")
-        return make_coefficients(schedule, self.sampler, self.steps_for(schedule.num_timesteps),
-                                 eta=self.eta or 0.0, variance=self.variance or "posterior",
-                                 spacing=self.spacing)
+        """The core's step table on ``schedule``; ConfigError if ``steps`` exceeds its T."""
+        T = schedule.num_timesteps
+        if self.steps is not None and self.steps > T:
+            raise ConfigError("steps", f"{self.steps} exceeds the model's T = {T}")
+        steps, timesteps = self.steps_for(T), None
+        if self.spacing == "logsnr":
+            timesteps = core.log_snr_timesteps(schedule, steps)
+        elif steps != T:
+            timesteps = core.select_timesteps(T, steps, self.spacing)
+        if self.sampler == "ddpm":
+            return core.ddpm_coefficients(schedule, timesteps, variance=self.variance or "posterior")
+        if self.sampler == "ddim":
+            return core.ddim_coefficients(schedule, timesteps, eta=self.eta or 0.0)
+        order, stochastic = MULTISTEP[self.sampler]
+        return core.dpmpp_coefficients(schedule, timesteps, order=order, stochastic=stochastic)
 
     def describe(self, num_steps: int) -> str:
         """One line: the sampler, its steps, its own option, the spacing."""
@@ -122,20 +135,11 @@ class SamplerSettings:
 def make_coefficients(schedule: core.DiffusionSchedule, sampler: str, steps: int | None = None,
                       eta: float = 0.0, variance: str = "posterior",
                       spacing: str = "trailing") -> core.ReverseCoefficients:
-    """The core's step tables for ``sampler`` (one of SAMPLERS) over ``steps`` (None = all T)."""
-    timesteps = None
-    if spacing == "logsnr":
-        timesteps = core.log_snr_timesteps(schedule, steps or schedule.num_timesteps)
-    elif steps is not None and steps != schedule.num_timesteps:
-        timesteps = core.select_timesteps(schedule.num_timesteps, steps, spacing)
-    if sampler == "ddpm":
-        return core.ddpm_coefficients(schedule, timesteps, variance=variance)
-    if sampler == "ddim":
-        return core.ddim_coefficients(schedule, timesteps, eta=eta)
-    if sampler in MULTISTEP:
-        order, stochastic = MULTISTEP[sampler]
-        return core.dpmpp_coefficients(schedule, timesteps, order=order, stochastic=stochastic)
-    raise ValueError(f"unknown sampler: {sampler!r} (expected one of {', '.join(SAMPLERS)})")
+    """The core's step tables for ``sampler`` (one of SAMPLERS) over ``steps`` (None = all T);
+    ``eta`` applies to ddim, ``variance`` to ddpm (ignored by the others). Checked, and built, by
+    :class:`SamplerSettings`."""
+    return SamplerSettings(sampler, steps or schedule.num_timesteps, eta if sampler == "ddim" else None,
+                           variance if sampler == "ddpm" else None, spacing).table(schedule)
 
 
 class DeviceCoefficients(nn.Module):

@@ -15,7 +15,7 @@ from typing import Literal
 
 import diffusion_core as core
 from nets.device import Precision
-from nets.fields import ConfigError, changes_on_resume, check_fields, integer, number, setting, text
+from nets.fields import ConfigError, changes_on_resume, check_fields, flag_of, integer, number, setting, text
 from nets.pixels import IMAGE_SHAPE, NUM_CLASSES
 from nets.unet import UNetConfig
 
@@ -168,9 +168,9 @@ def resumed_config(saved: TrainConfig, given: dict) -> TrainConfig:
     naming any other given field whose value differs from the run's."""
     overrides, refused = changes_on_resume(TrainConfig, saved, given)
     if refused:
-        raise ConfigError(refused[0], f"a resumed run keeps its own {', '.join(refused)} "
-                          f"(only {', '.join(sorted(overrides) or ['the length, machine and output settings'])} "
-                          f"may change)")
+        raise ConfigError(refused[0], f"a resumed run keeps its own settings; drop "
+                          f"{', '.join(flag_of(name) for name in refused)} (only the length, the "
+                          f"machine and the outputs may change)")
     return TrainConfig(**{**asdict(saved), **overrides})
 
 

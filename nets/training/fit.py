@@ -245,8 +245,9 @@ def restore_checked(run: TrainingRun) -> None:
     except CheckpointError:
         raise
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+        first = str(err).splitlines()[0] if str(err) else ""
         raise CheckpointError(f"{run.run_dir} is not a complete training checkpoint: "
-                              f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+                              f"{type(err).__name__}: {first}") from None
 
 
 def write_config(run: TrainingRun) -> None:

@@ -72,7 +72,8 @@ def add_diffusion_flags(g, d: TrainConfig) -> None:
                    help="diffusion steps T")
     g.add_argument("--objective", choices=choices(TrainConfig, "objective"), default=d.objective,
                    help="what the network predicts")
-    g.add_argument("--loss-weighting", choices=choices(TrainConfig, "loss_weighting"), default=d.loss_weighting,
+    g.add_argument("--loss-weighting", choices=choices(TrainConfig, "loss_weighting"),
+                   default=d.loss_weighting,
                    help="per-timestep loss weight: uniform (Ho et al. 2020), min-snr (min(SNR, gamma) "
                    "on the x0 scale, Hang et al. 2023) or truncated-snr (max(SNR, 1) on the x0 scale, "
                    "Salimans & Ho 2022; meant for --objective v or x0: on eps it grows as 1/SNR)")

@@ -24,10 +24,10 @@ import torch
 from nets.checkpoint import save_checkpoint
 from nets.progress import Progress, format_duration
 from nets.training.budget import ClockPlan
-from nets.training.config import ema_decay_at, lr_at
+from nets.training.config import TrainConfig, ema_decay_at, lr_at
 from nets.training.metrics_log import METRICS_FILE, append_metrics
 from nets.training.run import TrainingData, TrainingRun
-from nets.training.step import draw_batch, epoch_permutation, train_step
+from nets.training.step import Batch, Learner, draw_batch, epoch_permutation, train_step
 
 SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number
 
@@ -147,6 +147,34 @@ def log_rows(run: TrainingRun, rows: list[dict]) -> None:
                              f"is kept") from None
 
 
+class DataOrder:
+    """The order the loop walks the data in: one permutation per epoch, a function of (seed,
+    epoch) alone (so a resumed run sees the same), drawn when a step first reaches the epoch;
+    each rank keeps its ``rows`` of every global batch."""
+
+    def __init__(self, data: TrainingData, seed: int, rows: slice):
+        self.data, self.seed, self.rows = data, seed, rows
+        self.epoch, self.perm = -1, None
+
+    def batch(self, step: int, gen: torch.Generator, cfg: TrainConfig) -> Batch:
+        """Step ``step``'s batch: its images and labels, and t, ε and label dropout from ``gen``."""
+        data = self.data
+        epoch, pos = divmod(step, data.steps_per_epoch)
+        if epoch != self.epoch:
+            self.epoch, self.perm = epoch, epoch_permutation(self.seed, epoch, data.count, data.images.device)
+        idx = self.perm[pos * data.global_batch:(pos + 1) * data.global_batch]
+        return draw_batch(data.images, data.labels, idx, self.rows, gen, cfg)
+
+
+def take_step(run: TrainingRun, learner: Learner, order: DataOrder, end: int) -> tuple[torch.Tensor, float]:
+    """One optimizer step of ``run`` at its step, in a run that ends at ``end``: (the loss as a
+    device tensor, the lr it used). What the loop repeats, and what benchmarks/train_speed.py times."""
+    cfg, step = run.cfg, run.step
+    lr = lr_at(step, cfg, end)
+    loss = train_step(learner, order.batch(step, run.gen, cfg), lr, ema_decay_at(step, cfg), cfg.grad_clip)
+    return loss, lr
+
+
 def train_loop(run: TrainingRun, data: TrainingData) -> LoopEnd:
     """Train from ``run.step`` to the run's end, a caught signal, or the time limit.
 
@@ -161,20 +189,14 @@ def train_loop(run: TrainingRun, data: TrainingData) -> LoopEnd:
     plan = None
     if time_limit is not None and run.planned_end is None:
         plan = ClockPlan(time_limit, run.step, data.total_steps)
-    progress = Progress("step", end, run.step, unit_scale=data.global_batch,
-                        time_limit=time_limit, enabled=world.is_main)
-    log, rows_of_rank = LossLog(run, data), world.shard(data.global_batch)
-    t_start, perm, learner = time.perf_counter(), None, run.learner
+    progress = Progress("step" if world.is_main else None, end, run.step, unit_scale=data.global_batch,
+                        time_limit=time_limit)
+    log, order = LossLog(run, data), DataOrder(data, cfg.seed, world.shard(data.global_batch))
+    t_start, learner = time.perf_counter(), run.learner
     try:
         with caught_signals() as signals:
             while run.step < end:
-                epoch, pos = divmod(run.step, data.steps_per_epoch)
-                if perm is None or pos == 0:
-                    perm = epoch_permutation(cfg.seed, epoch, data.count, world.device)
-                idx = perm[pos * data.global_batch:(pos + 1) * data.global_batch]
-                batch = draw_batch(data.images, data.labels, idx, rows_of_rank, run.gen, cfg)
-                lr = lr_at(run.step, cfg, end)
-                loss = train_step(learner, batch, lr, ema_decay_at(run.step, cfg), cfg.grad_clip)
+                loss, lr = take_step(run, learner, order, end)
                 log.add(run.step, loss, lr)
                 run.step += 1
                 elapsed = time.perf_counter() - t_start
