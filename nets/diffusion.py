@@ -1,8 +1,9 @@
 """The torch side of the diffusion: diffusion_core's float64 tables as device tensors.
 
 Nothing here derives a formula. The core computes every coefficient table once in float64; this
-module registers them as buffers and combines them linearly. :func:`extract` is the one place
-where a NumPy table becomes a per-sample torch coefficient.
+module registers them as buffers and combines them linearly. :func:`as_table` is the one place
+where a core table (NumPy) becomes a tensor, for the trainer, the samplers' chain and the
+distillation loss alike; :func:`extract` gathers a table's rows per sample.
 """
 
 from __future__ import annotations
@@ -20,9 +21,13 @@ def make_schedule(name: str, timesteps: int) -> core.DiffusionSchedule:
 
 
 def as_table(array: np.ndarray, device: torch.device | str | None = None) -> torch.Tensor:
-    """A core table as a tensor: float64 where the device supports it (MPS does not)."""
+    """A core table as a tensor (a copy): timestep indices as int64; coefficients as float64
+    where the device supports it (MPS does not: float32 there)."""
+    array = np.array(array)  # a writable copy
+    if array.dtype.kind in "iu":
+        return torch.tensor(array, dtype=torch.long, device=device)
     dtype = torch.float32 if torch.device(device or "cpu").type == "mps" else torch.float64
-    return torch.tensor(np.array(array), dtype=dtype, device=device)  # a writable copy
+    return torch.tensor(array, dtype=dtype, device=device)
 
 
 def extract(table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -43,13 +43,13 @@ class DistillationLoss(nn.Module):
         self.student = student
         self.num_timesteps = student.num_timesteps
         ascending = np.asarray(tables.timesteps)[::-1].copy()
-        self.register_buffer("ascending_timesteps", torch.tensor(ascending, dtype=torch.long),
+        self.register_buffer("ascending_timesteps", as_table(ascending),
                              persistent=False)
         weights = core.loss_weights(student.schedule, "x0", TARGET_WEIGHTING)
         self.register_buffer("x0_weight", as_table(weights), persistent=False)
         # the round's tables in running order (row k: student step k), float64 where supported
         for name in ("timesteps", "mid_timesteps", "next_timesteps"):
-            self.register_buffer(name, torch.tensor(np.asarray(getattr(tables, name)), dtype=torch.long),
+            self.register_buffer(name, as_table(np.asarray(getattr(tables, name), dtype=np.int64)),
                                  persistent=False)
         for name in ("teacher_first_a", "teacher_first_b", "teacher_second_a", "teacher_second_b",
                      "student_a", "student_b"):

@@ -151,7 +151,7 @@ class DeviceCoefficients(nn.Module):
         self.timesteps_host = [int(t) for t in coeffs.timesteps]  # for labels, never in the loop
         self.history_length = coeffs.history_length  # 0: one-step sampler; 1, 2: multistep
         self.noisy_steps = [bool(s > 0) for s in coeffs.sigma]  # host side: which steps draw z
-        self.register_buffer("timesteps", torch.tensor(np.array(coeffs.timesteps), dtype=torch.long))
+        self.register_buffer("timesteps", as_table(np.asarray(coeffs.timesteps, dtype=np.int64)))
         for name in ("sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
                      "x0_coef", "eps_coef", "sigma", "x0_prev_coef", "x0_prev2_coef"):
             self.register_buffer(name, as_table(getattr(coeffs, name)))

@@ -3,8 +3,8 @@ schedule ends when the clock does.
 
 The pace is measured over the first steps (``FIRST_PLAN_AFTER`` after ``SKIPPED`` start-up steps)
 and the last step fixed from it once: the steps left at that pace in the time left, bounded by
-``--max-steps``/``--epochs``. It is measured again at a quarter, half and three quarters of the
-planned steps, and the end moved only when the new projection differs by more than ``TOLERANCE``.
+``--max-steps``/``--epochs``. It is measured again at every twentieth of the planned steps
+(``REPLAN_AT``), and the end moved only when the new projection differs by more than ``TOLERANCE``.
 When a plan is due depends on step counts alone, so every torchrun rank plans at the same step;
 the ranks then take the smallest of their projections (an all-reduce), so all agree on one end.
 The end is recorded in the checkpoint: a resumed run continues to it instead of planning again.
@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 SKIPPED = 5  # the first steps pay for start-up (allocations, lazy inits): not timed
 FIRST_PLAN_AFTER = 20  # steps timed before the first plan
-REPLAN_AT = (0.25, 0.5, 0.75)  # fractions of the planned steps where the pace is measured again
+# fractions of the planned steps where the pace is measured again: every 5 %, so a machine that
+# slows down late still moves the end (the plan is cheap: one all-reduce under torchrun)
+REPLAN_AT = tuple(i / 20 for i in range(1, 20))
 TOLERANCE = 0.02  # of the planned steps: a smaller change of the projection keeps the end
 RESERVE = 0.02  # of the budget, kept for the pace's jitter and the last checkpoint: the planned end
 # comes a little before the clock, so the schedule reaches 0 instead of the clock cutting it short
@@ -46,7 +48,7 @@ class ClockPlan:
         """Whether a plan is due after ``step`` (a function of step counts only)."""
         if self.end is None:
             return step - self.start >= SKIPPED + FIRST_PLAN_AFTER
-        if self.replans_done >= len(REPLAN_AT):
+        if self.replans_done >= len(REPLAN_AT) or step >= self.end:  # at the end: it ends there
             return False
         return step - self.start >= REPLAN_AT[self.replans_done] * (self.end - self.start)
 

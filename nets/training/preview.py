@@ -25,9 +25,19 @@ from nets import figures
 from nets.files import save_npz_atomic
 from nets.pixels import IMAGE_SHAPE, NUM_CLASSES, images_to_uint8
 from nets.sampling import ChainOptions, DeviceCoefficients, Network, SamplerSettings, sample
+from nets.sampling.settings import min_steps
 from nets.training.config import PreviewEvery, TrainConfig, parse_preview_every
 
 PREVIEW_SAMPLER = SamplerSettings("dpmpp-2m", steps=10)
+
+
+def preview_sampler(num_timesteps: int) -> SamplerSettings:
+    """PREVIEW_SAMPLER on a model of T = ``num_timesteps``: its 10 calls, or all T where T is
+    fewer, by DDIM where T is below the solver's minimum steps (any T trains, so any T previews)."""
+    steps = min(PREVIEW_SAMPLER.steps, num_timesteps)
+    if steps < min_steps(PREVIEW_SAMPLER.sampler):
+        return SamplerSettings("ddim", steps=steps)
+    return SamplerSettings(PREVIEW_SAMPLER.sampler, steps=steps)
 PER_CLASS = 4  # rows of a conditional preview: 4 × 10 digits
 UNCONDITIONAL_DIGITS = 40
 PREVIEWS_PER_RUN = 10  # the default --preview-every: a tenth of the run
@@ -58,7 +68,8 @@ class Preview:
         self.x_T = torch.randn((n, *IMAGE_SHAPE), generator=gen, device=device)
         y = torch.arange(n, device=device) % NUM_CLASSES if conditional else None
         self.options = ChainOptions(y=y)
-        self.coeffs = DeviceCoefficients(PREVIEW_SAMPLER.table(net.diffusion.schedule)).to(device)
+        schedule = net.diffusion.schedule
+        self.coeffs = DeviceCoefficients(preview_sampler(schedule.num_timesteps).table(schedule)).to(device)
         self.spent, self.last_cost, self.next_minute, self.off = 0.0, 0.0, every.minutes, False
         self.written = 0
         self.steps, self.rows = _read_history(run_dir / "preview-history.npz", start_step)
