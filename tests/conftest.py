@@ -1,6 +1,12 @@
-"""Shared test set-up: deterministic Hypothesis profiles and the location of the real MNIST digits."""
+"""Shared test set-up: deterministic Hypothesis profiles, the real MNIST digits (one fixture), one
+tiny training configuration, one runner of commands in a child process and one in this process,
+and one tiny U-Net. Test modules import the helpers: ``from conftest import tiny_flags, ...``."""
 
+import contextlib
+import io
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,22 +39,62 @@ def mnist_dir() -> Path | None:
         path / "t10k-images-idx3-ubyte").exists() else None
 
 
-@pytest.fixture
-def real_mnist_dir() -> Path:
+@pytest.fixture(scope="session")
+def mnist() -> str:
+    """The real MNIST test split's folder (as a string, for argv lists); skips without it."""
     path = mnist_dir()
     if path is None:
         pytest.skip("real MNIST test split not found: set DDPM_MNIST_DIR to a folder holding "
                     "t10k-images-idx3-ubyte(.gz) and t10k-labels-idx1-ubyte(.gz)")
-    return path
-
-
-@pytest.fixture(scope="session")
-def mnist() -> str:
-    """``real_mnist_dir`` as a string, for module- and session-scoped fixtures."""
-    path = mnist_dir()
-    if path is None:
-        pytest.skip("real MNIST test split not found: set DDPM_MNIST_DIR")
     return str(path)
+
+
+@pytest.fixture
+def real_mnist_dir(mnist) -> Path:
+    """``mnist`` as a Path."""
+    return Path(mnist)
+
+
+# ---- one tiny configuration, and the runners of the commands ------------------------------------
+
+TINY_MODEL = ["--base-channels", "8", "--channel-mults", "1,2", "--timesteps", "50"]
+CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def tiny_flags(limit: int = 64, batch_size: int | None = 8, figures: bool = False) -> list[str]:
+    """``nets.train`` flags of a run that takes seconds: the first ``limit`` test digits, an
+    8-wide two-level U-Net over T = 50 (no figures unless asked)."""
+    flags = ["--split", "test", "--limit", str(limit), *TINY_MODEL]
+    if batch_size is not None:
+        flags += ["--batch-size", str(batch_size)]
+    return flags if figures else [*flags, "--no-figures"]
+
+
+def run_command(module: str, *argv, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """``python -m <module> argv...`` in a child process (one OpenMP thread, unbuffered)."""
+    return subprocess.run([sys.executable, "-m", module, *map(str, argv)], capture_output=True,
+                          text=True, timeout=timeout, env=CHILD_ENV, **kwargs)
+
+
+def run_in_process(main, *argv) -> tuple[int, str]:
+    """A command's ``main(argv)`` in this process: (exit code, stderr); stdout is dropped."""
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exit_:
+            code = exit_.code
+    return code, err.getvalue()
+
+
+def tiny_unet(conditional: bool = False, seed: int = 0):
+    """A seeded 8-wide two-level U-Net without attention, frozen for inference."""
+    from nets.unet import UNet, UNetConfig
+
+    torch.manual_seed(seed)
+    model = UNet(UNetConfig(base_channels=8, channel_mults=(1, 2), attention_resolutions=(),
+                            num_classes=10 if conditional else 0))
+    return model.eval().requires_grad_(False)
 
 
 @pytest.fixture(scope="session")

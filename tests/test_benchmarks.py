@@ -30,7 +30,7 @@ CHAINS = [("ddpm", None, 0.0), ("ddim", 6, 0.0), ("ddim", 6, 0.5)]
 
 
 
-def tiny_unet(seed: int = 0) -> UNet:
+def random_unet(seed: int = 0) -> UNet:
     """A small U-Net with every weight random (the default zero-initialised output is all 0)."""
     torch.manual_seed(seed)
     model = UNet(UNetConfig(base_channels=8, channel_mults=(1, 2), attention_resolutions=(14,)))
@@ -55,7 +55,7 @@ class TanhNet(nn.Module):
 @pytest.mark.parametrize("sampler,steps,eta,objective", [(*c, "eps") for c in CHAINS] + [
     ("ddpm", None, 0.0, "v")])
 def test_optimised_sampler_gives_the_naive_samplers_images(sampler, steps, eta, objective):
-    model, x_T = tiny_unet(), torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    model, x_T = random_unet(), torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     coeffs = make_coefficients(SCHEDULE, sampler, steps, eta=eta)
     z = fixed_noise(len(coeffs.timesteps), x_T.shape)
     fast = sample(Network(model, Diffusion(SCHEDULE, objective)), DeviceCoefficients(coeffs), x_T,
@@ -95,7 +95,7 @@ def test_cuda_graph_needs_cuda_tensors():
 @pytest.mark.parametrize("autocast_dtype", [None, torch.bfloat16])
 def test_cuda_graph_and_eager_give_the_same_images_for_a_seed(sampler, steps, eta, autocast_dtype):
     device = torch.device("cuda")
-    model, diffusion = tiny_unet().to(device), Diffusion(SCHEDULE).to(device)
+    model, diffusion = random_unet().to(device), Diffusion(SCHEDULE).to(device)
     coeffs = DeviceCoefficients(make_coefficients(SCHEDULE, sampler, steps, eta=eta)).to(device)
     runs, states = [], []
     for graph in (False, True):

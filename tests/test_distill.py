@@ -4,7 +4,6 @@ the command's rounds, checkpoints, resume, signals and bad input; distilled chec
 nets.sample and the Python API."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import CHILD_ENV, run_command, tiny_flags, tiny_unet
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_distributed import TORCHRUN
@@ -27,27 +27,12 @@ from nets.distillation.rounds import round_budget
 from nets.pipeline import DistilledStepsWarning
 from nets.sampling import ChainOptions, DeviceCoefficients, Network, sample
 from nets.training.config import TrainConfig, lr_at
-from nets.unet import UNet, UNetConfig
 
 T = 50
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-TEACHER = ["--split", "test", "--limit", "256", "--batch-size", "16", "--base-channels", "8",
-           "--channel-mults", "1,2", "--timesteps", str(T), "--no-figures", "--no-preview",
-           "--warmup-steps", "5", "--precision", "fp32", "--device", "cpu"]
+TEACHER = [*tiny_flags(256, 16), "--no-preview", "--warmup-steps", "5", "--precision", "fp32",
+           "--device", "cpu"]  # T = 50
 DISTIL = ["--from-steps", "8", "--to-steps", "2", "--precision", "fp32", "--device", "cpu",
           "--log-every", "2", "--checkpoint-every", "2"]
-
-
-def command(module, *argv, timeout=300):
-    return subprocess.run([sys.executable, "-m", module, *map(str, argv)], capture_output=True, text=True,
-                          timeout=timeout, env=ENV)
-
-
-def tiny_unet(conditional: bool, seed: int = 0) -> UNet:
-    torch.manual_seed(seed)
-    model = UNet(UNetConfig(base_channels=8, channel_mults=(1, 2), attention_resolutions=(),
-                            num_classes=10 if conditional else 0))
-    return model.eval().requires_grad_(False)
 
 
 class OracleStudent(torch.nn.Module):
@@ -132,12 +117,14 @@ def test_each_round_gets_an_even_share_of_the_budget_left(minutes, spent_share, 
 def test_a_time_budget_plans_the_end_of_every_round(teacher, tmp_path):
     out = tmp_path / "timed"
     # one round of 18 s: past the 25 steps after which a round plans its end, on a slow machine too
-    proc = command("nets.distill", "--teacher", teacher, *DISTIL, "--from-steps", 4, "--max-minutes", 0.3,
+    proc = run_command("nets.distill", "--teacher", teacher, *DISTIL, "--from-steps", 4, "--max-minutes", 0.3,
                    "--no-figures", "--run-dir", out)
     assert proc.returncode == 0, proc.stderr[-2000:]
     state = load_checkpoint(out / "steps-02")
-    # the planned end, or the clock a step or so before it where the pace fell after the last plan
-    assert state["planned_end"] is not None and 25 <= state["step"] <= state["planned_end"]
+    # the planned end, or the clock a little before it where the pace fell after the last plan (the
+    # plan moves the end only beyond a 2 % change, and keeps 2 % of the budget in reserve)
+    assert state["planned_end"] is not None and state["step"] >= 25
+    assert state["planned_end"] - state["step"] <= max(2, 0.05 * state["planned_end"])
     assert state["config"]["max_minutes"] == pytest.approx(0.3, rel=0.05)  # the budget, less start-up
     seconds = json.loads((out / "config.json").read_text())["rounds_seconds"]
     assert set(seconds) == {"2"} and seconds["2"] <= 1.1 * 18
@@ -145,7 +132,7 @@ def test_a_time_budget_plans_the_end_of_every_round(teacher, tmp_path):
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory, mnist):
     run_dir = tmp_path_factory.mktemp("teacher") / "run"
-    proc = command("nets.train", *TEACHER, "--data-dir", mnist, "--max-steps", 20, "--holdout", 1000,
+    proc = run_command("nets.train", *TEACHER, "--data-dir", mnist, "--max-steps", 20, "--holdout", 1000,
                    "--run-dir", run_dir)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return run_dir
@@ -154,7 +141,8 @@ def teacher(tmp_path_factory, mnist):
 @pytest.fixture(scope="module")
 def distilled(teacher, tmp_path_factory):
     out = tmp_path_factory.mktemp("distilled") / "out"
-    proc = command("nets.distill", "--teacher", teacher, *DISTIL, "--steps-per-round", 6, "--run-dir", out)
+    proc = run_command("nets.distill", "--teacher", teacher, *DISTIL, "--steps-per-round", 6,
+                       "--run-dir", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc.stderr
 
@@ -191,11 +179,11 @@ def test_a_round_starts_from_its_teachers_weights(distilled, teacher):
 
 def test_sampling_a_student_runs_its_own_steps_by_default_and_warns_off_them(distilled, tmp_path):
     out, _ = distilled
-    proc = command("nets.sample", "--checkpoint", out, "--n", 4, "--device", "cpu",
+    proc = run_command("nets.sample", "--checkpoint", out, "--n", 4, "--device", "cpu",
                    "--out", tmp_path / "s.npz")
     assert proc.returncode == 0, proc.stderr
     assert "sampler: ddim 2 steps" in proc.stderr and "warning" not in proc.stderr
-    proc = command("nets.sample", "--checkpoint", out, "--n", 4, "--steps", 3, "--device", "cpu",
+    proc = run_command("nets.sample", "--checkpoint", out, "--n", 4, "--steps", 3, "--device", "cpu",
                    "--out", tmp_path / "s3.npz")
     assert proc.returncode == 0, proc.stderr
     warning = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
@@ -219,16 +207,16 @@ def test_evaluate_edit_and_the_speed_benchmark_take_a_student(distilled, mnist, 
 
     out, _ = distilled
     samples = tmp_path / "s.npz"
-    proc = command("nets.sample", "--checkpoint", out, "--n", 20, "--device", "cpu", "--out", samples)
+    proc = run_command("nets.sample", "--checkpoint", out, "--n", 20, "--device", "cpu", "--out", samples)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    proc = command("nets.evaluate", "--samples", samples, "--checkpoint", out, "--data-dir", mnist,
+    proc = run_command("nets.evaluate", "--samples", samples, "--checkpoint", out, "--data-dir", mnist,
                    "--classifier", weak_classifier, "--nll-images", 0)
     assert proc.returncode == 0, proc.stderr[-2000:]
     edit = ["nets.edit", "invert", "--checkpoint", out, "--data-dir", mnist, "--index", "0-1",
             "--device", "cpu"]
-    proc = command(*edit, "--steps", 2, "--out", tmp_path / "own.npz")  # its own chain: no warning
+    proc = run_command(*edit, "--steps", 2, "--out", tmp_path / "own.npz")  # its own chain: no warning
     assert proc.returncode == 0 and "warning" not in proc.stderr, proc.stderr[-2000:]
-    proc = command(*edit, "--steps", 10, "--out", tmp_path / "other.npz")
+    proc = run_command(*edit, "--steps", 10, "--out", tmp_path / "other.npz")
     assert proc.returncode == 0 and "warning: " in proc.stderr and "at 2 steps" in proc.stderr
     report = tmp_path / "speed.json"
     sample_speed.main(["--quick", "--checkpoint", str(out), "--batch-sizes", "2", "--repeats", "1",
@@ -244,7 +232,7 @@ def test_evaluate_edit_and_the_speed_benchmark_take_a_student(distilled, mnist, 
     (["--objective", "eps"], "invalid choice"),
 ])
 def test_bad_step_counts_are_one_line_and_exit_2(teacher, tmp_path, argv, message):
-    proc = command("nets.distill", "--teacher", teacher, "--from-steps", 8, "--run-dir", tmp_path / "o",
+    proc = run_command("nets.distill", "--teacher", teacher, "--from-steps", 8, "--run-dir", tmp_path / "o",
                    "--device", "cpu", *argv)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
@@ -256,25 +244,25 @@ def test_a_teacher_that_is_not_a_checkpoint_is_one_line_and_exit_2(tmp_path):
     torch.save({"model": {}, "config": {"unet": {}}, "format_version": 99}, tmp_path / "future.pt")
     for path, message in ((tmp_path / "junk.pt", "a safe load refuses"), (tmp_path / "other.pt", "empty"),
                           (tmp_path / "future.pt", "format version 99"), (tmp_path, "checkpoint not found")):
-        proc = command("nets.distill", "--teacher", path, "--run-dir", tmp_path / "o", "--device", "cpu")
+        proc = run_command("nets.distill", "--teacher", path, "--run-dir", tmp_path / "o", "--device", "cpu")
         assert proc.returncode == 2, proc.stderr
         assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def test_a_used_folder_and_a_resume_with_new_settings_are_refused(distilled, teacher):
     out, _ = distilled
-    proc = command("nets.distill", "--teacher", teacher, *DISTIL, "--run-dir", out)
+    proc = run_command("nets.distill", "--teacher", teacher, *DISTIL, "--run-dir", out)
     assert proc.returncode == 2 and "already holds a distillation" in proc.stderr
-    proc = command("nets.distill", "--resume", out, "--to-steps", 1)
+    proc = run_command("nets.distill", "--resume", out, "--to-steps", 1)
     assert proc.returncode == 2 and "drop --to-steps" in proc.stderr
-    proc = command("nets.train", "--resume", out / "steps-04")
+    proc = run_command("nets.train", "--resume", out / "steps-04")
     assert proc.returncode == 2 and "a round of nets.distill" in proc.stderr
 
 
 def test_a_finished_distillation_resumed_has_nothing_left_and_changes_nothing(distilled):
     out, _ = distilled
     before = (out / "checkpoint.pt").read_bytes()
-    proc = command("nets.distill", "--resume", out, "--no-figures")
+    proc = run_command("nets.distill", "--resume", out, "--no-figures")
     assert proc.returncode == 0, proc.stderr
     assert "round 1/2: " in proc.stderr and "is done" in proc.stderr
     assert (out / "checkpoint.pt").read_bytes() == before
@@ -282,11 +270,11 @@ def test_a_finished_distillation_resumed_has_nothing_left_and_changes_nothing(di
 
 def test_a_student_distils_on_from_its_own_steps(distilled, tmp_path):
     out, _ = distilled
-    proc = command("nets.distill", "--teacher", out / "steps-04", "--to-steps", 1, "--steps-per-round", 2,
+    proc = run_command("nets.distill", "--teacher", out / "steps-04", "--to-steps", 1, "--steps-per-round", 2,
                    "--device", "cpu", "--no-figures", "--run-dir", tmp_path / "on")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "DDIM steps 4 → 2 → 1" in proc.stderr
-    proc = command("nets.distill", "--teacher", out / "steps-04", "--from-steps", 8, "--to-steps", 2,
+    proc = run_command("nets.distill", "--teacher", out / "steps-04", "--from-steps", 8, "--to-steps", 2,
                    "--device", "cpu", "--run-dir", tmp_path / "bad")
     assert proc.returncode == 2 and "distilled for 4 steps" in proc.stderr
 
@@ -297,10 +285,10 @@ def test_sigterm_mid_round_saves_and_a_resume_ends_where_an_unbroken_run_ends(te
     that was never stopped (bit for bit: the random streams are in the checkpoint)."""
     argv = ["--teacher", teacher, *DISTIL, "--steps-per-round", 30, "--no-figures", "--log-every", 1]
     whole = tmp_path / "whole"
-    assert command("nets.distill", *argv, "--run-dir", whole).returncode == 0
+    assert run_command("nets.distill", *argv, "--run-dir", whole).returncode == 0
     broken = tmp_path / "broken"
     proc = subprocess.Popen([sys.executable, "-m", "nets.distill", *map(str, argv), "--run-dir", broken],
-                            stderr=subprocess.PIPE, text=True, env=ENV)
+                            stderr=subprocess.PIPE, text=True, env=CHILD_ENV)
     for line in proc.stderr:
         if line.startswith("step 10/"):
             proc.send_signal(signal.SIGTERM)
@@ -309,7 +297,7 @@ def test_sigterm_mid_round_saves_and_a_resume_ends_where_an_unbroken_run_ends(te
     assert proc.wait(timeout=120) == 143, rest
     assert "interrupted in round 1" in rest
     assert 10 <= load_checkpoint(broken / "steps-04")["step"] < 30
-    proc = command("nets.distill", "--resume", broken)
+    proc = run_command("nets.distill", "--resume", broken)
     assert proc.returncode == 0, proc.stderr[-2000:]
     got, want = load_checkpoint(broken), load_checkpoint(whole)
     for key in ("model", "ema"):
@@ -321,10 +309,10 @@ def test_sigterm_mid_round_saves_and_a_resume_ends_where_an_unbroken_run_ends(te
 def test_two_processes_distil_like_one_with_the_global_batch(teacher, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     argv = ["--teacher", teacher, *DISTIL, "--steps-per-round", 4, "--no-figures"]
-    assert command("nets.distill", *argv, "--batch-size", 16, "--run-dir", one).returncode == 0
+    assert run_command("nets.distill", *argv, "--batch-size", 16, "--run-dir", one).returncode == 0
     argv = [*argv, "--batch-size", 8, "--run-dir", two]
     proc = subprocess.run([*TORCHRUN, "-m", "nets.distill", *map(str, argv)], capture_output=True, text=True,
-                          timeout=300, env=ENV)
+                          timeout=300, env=CHILD_ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got, want = load_checkpoint(two), load_checkpoint(one)
     # As in the trainer's test (test_distributed.py): the float rounding of a mean of 8 + 8 against

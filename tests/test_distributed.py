@@ -12,7 +12,6 @@ a run resumes from.
 """
 
 import contextlib
-import io
 import json
 import os
 import signal
@@ -22,8 +21,10 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from conftest import CHILD_ENV, run_in_process, tiny_flags
 
 from nets import train
 from nets.checkpoint import load_checkpoint
@@ -31,10 +32,8 @@ from nets.training import distributed
 from nets.training.config import TrainConfig, lr_at
 from nets.training.metrics_log import read_metrics
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-TINY = ["--split", "test", "--limit", "256", "--base-channels", "8", "--channel-mults", "1,2",
-        "--timesteps", "50", "--no-figures", "--log-every", "3",
+TINY = [*tiny_flags(256, batch_size=None), "--log-every", "3",
         "--precision", "fp32"]  # the comparisons below are to fp32 rounding; bf16 would be ~1e-2
 STEPS = 6
 # Adam divides by √v̂: a bias whose summed gradient is ~0 (up.3.0.conv2.bias here) turns the
@@ -54,17 +53,15 @@ TIGHT_ATOL, TIGHT_SHARE = 1e-6, 0.999
 
 def one_process(*argv) -> str:
     """``python -m nets.train`` in this process (no torchrun): its stderr; fails on a non-zero exit."""
-    err = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-        code = train.main([str(a) for a in argv])
-    assert code == 0, err.getvalue()
-    return err.getvalue()
+    code, stderr = run_in_process(train.main, *argv)
+    assert code == 0, stderr
+    return stderr
 
 
 def two_processes(cwd: Path, *argv, timeout: float = 120) -> subprocess.CompletedProcess:
     """A torchrun job of two ``nets.train`` processes, run to its end in the folder ``cwd``."""
     cwd.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([*TORCHRUN, "-m", "nets.train", *map(str, argv)], cwd=cwd, env=ENV,
+    proc = subprocess.run([*TORCHRUN, "-m", "nets.train", *map(str, argv)], cwd=cwd, env=CHILD_ENV,
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -172,7 +169,7 @@ class Job:
         self.proc = subprocess.Popen(
             [*TORCHRUN, "-m", "nets.train", *TINY, "--data-dir", mnist, "--batch-size", "8",
              "--max-steps", "1000000", "--run-dir", str(self.run_dir), *map(str, extra)],
-            cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            cwd=tmp_path, env=CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
         self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
         self.reader.start()
@@ -286,7 +283,7 @@ raise SystemExit(distributed.run(main))
 def test_replica_check_passes_equal_weights_and_raises_on_every_rank_when_one_differs(tmp_path):
     script = tmp_path / "replicas.py"
     script.write_text(REPLICA_SCRIPT)
-    proc = subprocess.run([*TORCHRUN, str(script)], cwd=tmp_path, env=ENV, capture_output=True,
+    proc = subprocess.run([*TORCHRUN, str(script)], cwd=tmp_path, env=CHILD_ENV, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (0, 1):
@@ -344,7 +341,11 @@ def test_replica_checksums_cover_every_floating_tensor_of_every_module():
 
 def test_each_rank_gets_its_own_dropout_seed():
     seeds = {distributed.rank_seed(0, rank, 0) for rank in range(8)}
-    assert len(seeds) == 8 and distributed.rank_seed(0, 1, 0) == distributed.rank_seed(0, 1, 0)
+    assert len(seeds) == 8
+    # a function of (seed, rank, step) alone, by the documented derivation (NumPy's SeedSequence,
+    # the same in every process), and another step or run seed gives another
+    assert distributed.rank_seed(0, 1, 0) == int(np.random.SeedSequence([0, 1, 0]).generate_state(1)[0])
+    assert len({distributed.rank_seed(s, 1, t) for s, t in ((0, 0), (0, 1), (1, 0))}) == 3
 
 
 def test_the_saved_config_of_a_one_process_run_says_world_size_1(tmp_path, mnist):

@@ -12,8 +12,6 @@ thread (torch.set_num_threads(1) here, OMP_NUM_THREADS=1 in child processes): on
 run keeps the float reductions in one order, so that runs compare bit for bit.
 """
 
-import contextlib
-import io
 import os
 import random
 import resource
@@ -25,13 +23,13 @@ import time
 
 import pytest
 import torch
+from conftest import run_in_process, tiny_flags
 
 from nets import train
 from nets.checkpoint import load_checkpoint
 from nets.training.metrics_log import read_metrics
 
-TINY = ["--split", "test", "--limit", "64", "--batch-size", "8", "--base-channels", "8",
-        "--channel-mults", "1,2", "--timesteps", "50", "--no-figures"]
+TINY = tiny_flags()
 STEPS_PER_EPOCH = 64 // 8
 STEPS = 4 * STEPS_PER_EPOCH
 KILLS = 6
@@ -41,15 +39,8 @@ KILLS = 6
 
 
 
-def run_in_process(*argv) -> tuple[int, str]:
-    """``train.main(argv)`` in this process: (exit code, stderr)."""
-    err = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-        try:
-            code = train.main([str(a) for a in argv])
-        except SystemExit as exit_:
-            code = exit_.code
-    return code, err.getvalue()
+def train_in_process(*argv) -> tuple[int, str]:
+    return run_in_process(train.main, *argv)
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -60,7 +51,7 @@ def error_lines(stderr: str) -> list[str]:
 def reference(tmp_path_factory, mnist):
     """An uninterrupted STEPS-step run: its metrics rows and its final checkpoint."""
     run_dir = tmp_path_factory.mktemp("reference") / "run"
-    code, stderr = run_in_process(*TINY, "--data-dir", mnist, "--max-steps", STEPS,
+    code, stderr = train_in_process(*TINY, "--data-dir", mnist, "--max-steps", STEPS,
                                   "--run-dir", run_dir)
     assert code == 0, stderr
     return read_metrics(run_dir / "metrics.jsonl"), load_checkpoint(run_dir)
@@ -162,7 +153,7 @@ def test_kill_9_at_random_moments_keeps_a_loadable_checkpoint_and_the_run_comple
     assert len(saved) == KILLS + 1 and saved[-1] < STEPS
     print(f"checkpoint step after each of the {KILLS} kills: {saved[1:]}")
 
-    code, stderr = run_in_process("--resume", run_dir)
+    code, stderr = train_in_process("--resume", run_dir)
     assert code == 0, stderr
     assert read_metrics(run_dir / "metrics.jsonl") == ref_rows
     assert_same_training_state(load_checkpoint(run_dir), ref_state)
@@ -237,7 +228,7 @@ def test_sigint_then_sigterm_each_save_and_exit_by_convention_and_the_run_resume
         print(f"{signal.Signals(signum).name} landed at step {state['step']}")
         where, stopped = ["--resume", run_dir], state["step"]
 
-    code, stderr = run_in_process("--resume", run_dir)
+    code, stderr = train_in_process("--resume", run_dir)
     assert code == 0, stderr
     assert f"resumed from step {stopped}" in stderr
     assert read_metrics(run_dir / "metrics.jsonl") == ref_rows
@@ -252,13 +243,13 @@ def test_a_run_stopped_and_resumed_is_bit_identical_to_the_uninterrupted_run(
     from there; the last leg also logs every 7 steps, which must not change a number."""
     ref_rows, ref_state = reference
     run_dir = tmp_path / "run"
-    code, stderr = run_in_process(*TINY, "--data-dir", mnist, "--log-every", 5,
+    code, stderr = train_in_process(*TINY, "--data-dir", mnist, "--log-every", 5,
                                   "--max-steps", stops[0], "--run-dir", run_dir)
     assert code == 0, stderr
     for stop in stops[1:]:
-        assert run_in_process("--resume", run_dir, "--max-steps", stop)[0] == 0
+        assert train_in_process("--resume", run_dir, "--max-steps", stop)[0] == 0
         assert load_checkpoint(run_dir)["step"] == stop
-    code, stderr = run_in_process("--resume", run_dir, "--max-steps", STEPS, "--log-every", 7)
+    code, stderr = train_in_process("--resume", run_dir, "--max-steps", STEPS, "--log-every", 7)
     assert code == 0, stderr
     assert read_metrics(run_dir / "metrics.jsonl") == ref_rows
     assert_same_training_state(load_checkpoint(run_dir), ref_state)
@@ -269,9 +260,9 @@ def test_a_conditional_run_with_dropout_resumes_bit_identically(tmp_path, mnist)
     both states travel in the checkpoint."""
     args = [*TINY, "--data-dir", mnist, "--conditional", "--dropout", "0.1", "--log-every", 3]
     whole, split = tmp_path / "whole", tmp_path / "split"
-    assert run_in_process(*args, "--max-steps", 12, "--run-dir", whole)[0] == 0
-    assert run_in_process(*args, "--max-steps", 5, "--run-dir", split)[0] == 0
-    assert run_in_process("--resume", split, "--max-steps", 12)[0] == 0
+    assert train_in_process(*args, "--max-steps", 12, "--run-dir", whole)[0] == 0
+    assert train_in_process(*args, "--max-steps", 5, "--run-dir", split)[0] == 0
+    assert train_in_process("--resume", split, "--max-steps", 12)[0] == 0
     assert read_metrics(split / "metrics.jsonl") == read_metrics(whole / "metrics.jsonl")
     assert_same_training_state(load_checkpoint(split), load_checkpoint(whole))
 
@@ -280,10 +271,10 @@ def test_a_row_torn_by_a_kill_mid_append_does_not_block_resume(tmp_path, mnist, 
     """The state a kill inside the metrics append leaves: an unterminated last line."""
     ref_rows, _ = reference
     run_dir = tmp_path / "run"
-    assert run_in_process(*TINY, "--data-dir", mnist, "--max-steps", 4, "--run-dir", run_dir)[0] == 0
+    assert train_in_process(*TINY, "--data-dir", mnist, "--max-steps", 4, "--run-dir", run_dir)[0] == 0
     with (run_dir / "metrics.jsonl").open("a") as f:
         f.write('{"step": 5, "epoch": 0, "lo')
-    code, stderr = run_in_process("--resume", run_dir, "--max-steps", 6)
+    code, stderr = train_in_process("--resume", run_dir, "--max-steps", 6)
     assert code == 0, stderr
     assert read_metrics(run_dir / "metrics.jsonl") == ref_rows[:6]
 
@@ -301,11 +292,11 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoin
     checks losses only every 5 steps. The flush at step 5 finds the NaN of step 3, names
     step 3, exits 1, and the step-2 checkpoint is byte-for-byte what it was."""
     run_dir = tmp_path / "run"
-    code, stderr = run_in_process(*TINY, "--data-dir", mnist, *DIVERGE, "--log-every", 1,
+    code, stderr = train_in_process(*TINY, "--data-dir", mnist, *DIVERGE, "--log-every", 1,
                                   "--max-steps", 2, "--run-dir", run_dir)
     assert code == 0, stderr
     good = (run_dir / "checkpoint.pt").read_bytes()
-    code, stderr = run_in_process("--resume", run_dir, "--max-steps", 10, "--log-every", 5,
+    code, stderr = train_in_process("--resume", run_dir, "--max-steps", 10, "--log-every", 5,
                                   "--checkpoint-every", 5)
     assert code == 1
     [line] = error_lines(stderr)
@@ -341,7 +332,7 @@ def test_an_unwritable_run_dir_exits_2_before_training_starts(tmp_path, mnist, w
         (tmp_path / "ro").mkdir(mode=0o500)
         run_dir = tmp_path / "ro" / "run"
     start = time.perf_counter()
-    code, stderr = run_in_process(*TINY, "--data-dir", mnist, "--max-steps", 2,
+    code, stderr = train_in_process(*TINY, "--data-dir", mnist, "--max-steps", 2,
                                   "--run-dir", run_dir)
     assert code == 2
     assert stderr.strip().splitlines() == error_lines(stderr)  # one line, nothing else
@@ -355,12 +346,12 @@ def test_a_full_disk_mid_run_exits_1_and_keeps_the_last_checkpoint(tmp_path, mni
     stay intact, no temp file is left, and a resume with room finishes like the reference."""
     ref_rows, _ = reference
     run_dir = tmp_path / "run"
-    assert run_in_process(*TINY, "--data-dir", mnist, "--max-steps", 2, "--run-dir", run_dir)[0] == 0
+    assert train_in_process(*TINY, "--data-dir", mnist, "--max-steps", 2, "--run-dir", run_dir)[0] == 0
     good = (run_dir / "checkpoint.pt").read_bytes()
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (len(good) // 2, hard))
     try:
-        code, stderr = run_in_process("--resume", run_dir, "--max-steps", 4,
+        code, stderr = train_in_process("--resume", run_dir, "--max-steps", 4,
                                       "--checkpoint-every", 1)
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
@@ -369,16 +360,16 @@ def test_a_full_disk_mid_run_exits_1_and_keeps_the_last_checkpoint(tmp_path, mni
     assert line.startswith("error: step 3: ") and "File too large" in line and "kept" in line
     assert (run_dir / "checkpoint.pt").read_bytes() == good
     assert run_files(run_dir) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
-    code, stderr = run_in_process("--resume", run_dir, "--max-steps", 4)
+    code, stderr = train_in_process("--resume", run_dir, "--max-steps", 4)
     assert code == 0, stderr
     assert read_metrics(run_dir / "metrics.jsonl") == ref_rows[:4]
 
 
 def test_a_fresh_run_refuses_a_run_dir_that_holds_a_checkpoint(tmp_path, mnist):
     run_dir = tmp_path / "run"
-    assert run_in_process(*TINY, "--data-dir", mnist, "--max-steps", 2, "--run-dir", run_dir)[0] == 0
+    assert train_in_process(*TINY, "--data-dir", mnist, "--max-steps", 2, "--run-dir", run_dir)[0] == 0
     before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
-    code, stderr = run_in_process(*TINY, "--data-dir", mnist, "--max-steps", 2, "--run-dir", run_dir)
+    code, stderr = train_in_process(*TINY, "--data-dir", mnist, "--max-steps", 2, "--run-dir", run_dir)
     assert code == 2
     [line] = error_lines(stderr)
     assert "--run-dir" in line and f"--resume {run_dir}" in line

@@ -6,20 +6,16 @@ file for writing, and a control test shows that an unsafe ``torch.load`` really 
 """
 
 import importlib.util
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import mnist_dir
-from test_reliability import run_in_process
+from conftest import mnist_dir, run_command, tiny_flags
+from test_reliability import train_in_process
 
 from nets.checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from nets.unet import UNet, UNetConfig
 
-TINY = ["--split", "test", "--limit", "64", "--batch-size", "8", "--base-channels", "8",
-        "--channel-mults", "1,2", "--timesteps", "50", "--no-figures"]
+TINY = tiny_flags()
 
 
 class CreatesMarker:
@@ -41,11 +37,6 @@ def write_malicious(path, marker, fmt: str) -> None:
 
 
 
-def run_module(module: str, *argv) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *map(str, argv)], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
 @pytest.fixture(scope="module")
 def good_run(tmp_path_factory):
     """A real 2-step run directory (checkpoint.pt, metrics.jsonl, config.json)."""
@@ -56,7 +47,7 @@ def good_run(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        code, stderr = run_in_process(*TINY, "--data-dir", data, "--max-steps", 2,
+        code, stderr = train_in_process(*TINY, "--data-dir", data, "--max-steps", 2,
                                       "--run-dir", run_dir)
     finally:
         torch.set_num_threads(threads)
@@ -90,7 +81,7 @@ def test_load_checkpoint_refuses_a_pickle_that_would_run_code(tmp_path, fmt):
 def test_train_resume_refuses_a_pickle_that_would_run_code(tmp_path):
     marker = tmp_path / "marker"
     write_malicious(tmp_path / "run" / "checkpoint.pt", marker, "torch-zip")
-    proc = run_module("nets.train", "--resume", tmp_path / "run")
+    proc = run_command("nets.train", "--resume", tmp_path / "run")
     assert proc.returncode == 2
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith("error: --resume: ") and "safe load refuses" in line
@@ -100,7 +91,7 @@ def test_train_resume_refuses_a_pickle_that_would_run_code(tmp_path):
 def test_train_resume_in_process_refuses_a_legacy_pickle_that_would_run_code(tmp_path):
     marker = tmp_path / "marker"
     write_malicious(tmp_path / "run" / "checkpoint.pt", marker, "torch-legacy")
-    code, stderr = run_in_process("--resume", tmp_path / "run")
+    code, stderr = train_in_process("--resume", tmp_path / "run")
     assert code == 2 and "safe load refuses" in stderr and len(stderr.strip().splitlines()) == 1
     assert not marker.exists()
 
@@ -111,7 +102,7 @@ def test_train_resume_in_process_refuses_a_legacy_pickle_that_would_run_code(tmp
 def test_sample_refuses_a_pickle_that_would_run_code(tmp_path):
     marker = tmp_path / "marker"
     write_malicious(tmp_path / "evil.pt", marker, "torch-zip")
-    proc = run_module("nets.sample", "--checkpoint", tmp_path / "evil.pt", "--n", 1,
+    proc = run_command("nets.sample", "--checkpoint", tmp_path / "evil.pt", "--n", 1,
                       "--out", tmp_path / "out.npz")
     assert proc.returncode == 2
     [line] = proc.stderr.strip().splitlines()
@@ -160,7 +151,7 @@ def deepen(state):
 def test_resume_of_a_checkpoint_that_does_not_fit_exits_2_naming_the_mismatch(
         good_run, tmp_path, change, expected):
     bad = rewrite(good_run, tmp_path, change)
-    code, stderr = run_in_process("--resume", bad)
+    code, stderr = train_in_process("--resume", bad)
     assert code == 2 and "Traceback" not in stderr
     [line] = [line for line in stderr.splitlines() if "error" in line]
     assert line == stderr.strip().splitlines()[-1]  # after "data: ..." and "model: ..." lines
@@ -184,7 +175,7 @@ def test_a_damaged_checkpoint_is_a_one_line_error_from_load_and_resume(good_run,
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
-    code, stderr = run_in_process("--resume", path.parent)
+    code, stderr = train_in_process("--resume", path.parent)
     assert code == 2 and len(stderr.strip().splitlines()) == 1, stderr
 
 

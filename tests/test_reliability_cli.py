@@ -11,12 +11,12 @@ import re
 
 import pytest
 import torch
+from conftest import tiny_flags
 
 from nets import train
 from nets.training.flags import build_parser
 
-TINY = ["--split", "test", "--limit", "64", "--batch-size", "8", "--base-channels", "8",
-        "--channel-mults", "1,2", "--timesteps", "50", "--max-steps", "1", "--no-figures"]
+TINY = [*tiny_flags(), "--max-steps", "1"]
 
 # flag -> bad values. "FILE" is a regular file, "FILE/run" a path under it, "EMPTY" an empty
 # folder, "MISSING" a path that does not exist; a value None means the flag alone (store_true

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_MODEL
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,8 +22,6 @@ from nets.training.config import TrainConfig, ema_decay_at, lr_at
 from nets.training.flags import build_parser
 from nets.training.step import Learner, draw_batch, epoch_permutation, train_step
 from nets.unet import UNet, UNetConfig
-
-TINY_MODEL = ["--base-channels", "8", "--channel-mults", "1,2", "--timesteps", "50"]
 
 
 def test_overfitting_a_fixed_batch_drops_the_loss_tenfold():

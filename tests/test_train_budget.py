@@ -4,7 +4,6 @@ ranks agree on the end, a resumed run ends where it said; and the live previews
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import CHILD_ENV, run_command, tiny_flags
 from hypothesis import given
 from hypothesis import strategies as st
 from test_distributed import two_processes
@@ -22,16 +22,12 @@ from nets.training.config import TrainConfig, lr_at
 from nets.training.metrics_log import read_metrics
 from nets.training.preview import PreviewEvery, parse_preview_every, preview_every
 
-ENV_TINY = ["--split", "test", "--limit", "512", "--batch-size", "16", "--base-channels", "8",
-            "--channel-mults", "1,2", "--timesteps", "50", "--no-figures", "--warmup-steps", "10",
-            "--log-every", "5", "--precision", "fp32"]
+ENV_TINY = [*tiny_flags(512, 16), "--warmup-steps", "10", "--log-every", "5", "--precision", "fp32"]
 PEAK = 2e-3  # the default --lr
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def train_cli(*argv, timeout=300):
-    return subprocess.run([sys.executable, "-m", "nets.train", *map(str, argv)], capture_output=True,
-                          text=True, timeout=timeout, env=ENV)
+    return run_command("nets.train", *argv, timeout=timeout)
 
 
 # ---- the plan, without a clock ----------------------------------------------------------------
@@ -114,7 +110,7 @@ def test_a_resumed_time_limited_run_ends_at_the_step_it_planned(tmp_path, real_m
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "nets.train", *ENV_TINY, "--data-dir", str(real_mnist_dir),
                              "--max-minutes", "0.5", "--run-dir", str(run), "--checkpoint-every", "5"],
-                            stderr=subprocess.PIPE, text=True, env=ENV)
+                            stderr=subprocess.PIPE, text=True, env=CHILD_ENV)
     for line in proc.stderr:
         if "the learning rate decays to 0 there" in line:
             break

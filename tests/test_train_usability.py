@@ -6,7 +6,6 @@ Each test failed on the code before the fix (the first commit of this file's his
 """
 
 import contextlib
-import os
 import resource
 import signal
 import socket
@@ -18,18 +17,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CHILD_ENV, tiny_flags
 from hypothesis import given
 from hypothesis import strategies as st
-from test_reliability import run_in_process
+from test_reliability import train_in_process
 
 from nets.figures import smoothed
 from nets.files import temp_files_of
 from nets.progress import Progress, estimate_end
 from nets.training.metrics_log import read_metrics
 
-TINY = ["--split", "test", "--limit", "64", "--batch-size", "8", "--base-channels", "8",
-        "--channel-mults", "1,2", "--timesteps", "50"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+TINY = tiny_flags(figures=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,7 +64,7 @@ def test_a_time_limited_run_prints_the_time_limited_total(tmp_path, real_mnist_d
     proc = subprocess.run([sys.executable, "-m", "nets.train", *TINY, "--data-dir", real_mnist_dir,
                            "--epochs", "100000", "--max-minutes", "0.05", "--log-every", "2",
                            "--no-figures", "--run-dir", tmp_path / "run"],
-                          env=ENV, capture_output=True, text=True, timeout=120)
+                          env=CHILD_ENV, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     steps = [line for line in proc.stderr.splitlines() if line.startswith("step ")]
     totals = [int(line.split("/")[1].lstrip("~").split()[0]) for line in steps]
@@ -79,14 +77,14 @@ def test_a_time_limited_run_prints_the_time_limited_total(tmp_path, real_mnist_d
 
 def test_resume_with_nothing_to_train_says_so_and_makes_only_missing_figures(tmp_path, real_mnist_dir):
     run_dir = tmp_path / "run"
-    code, _ = run_in_process(*TINY, "--data-dir", real_mnist_dir, "--max-steps", 3, "--num-samples", 4,
+    code, _ = train_in_process(*TINY, "--data-dir", real_mnist_dir, "--max-steps", 3, "--num-samples", 4,
                              "--run-dir", run_dir)
     assert code == 0
     stamps = {name: (run_dir / name).stat().st_mtime_ns for name in ("samples.png", "reverse.png")}
     rows = read_metrics(run_dir / "metrics.jsonl")
 
     start = time.perf_counter()
-    code, stderr = run_in_process("--resume", run_dir, "--max-steps", 2)
+    code, stderr = train_in_process("--resume", run_dir, "--max-steps", 2)
     assert code == 0
     assert "nothing to train" in stderr and "step 3" in stderr and "--max-steps" in stderr
     assert "sampled" not in stderr and "trained to step" not in stderr
@@ -95,11 +93,11 @@ def test_resume_with_nothing_to_train_says_so_and_makes_only_missing_figures(tmp
     assert read_metrics(run_dir / "metrics.jsonl") == rows  # the log is not cut back to step 2
 
     (run_dir / "samples.png").unlink()
-    code, stderr = run_in_process("--resume", run_dir, "--max-steps", 3)
+    code, stderr = train_in_process("--resume", run_dir, "--max-steps", 3)
     assert code == 0 and "nothing to train" in stderr and "sampled 4 digits" in stderr
     assert (run_dir / "samples.png").exists()
 
-    code, stderr = run_in_process("--resume", run_dir, "--max-steps", 3, "--redo-figures")
+    code, stderr = train_in_process("--resume", run_dir, "--max-steps", 3, "--redo-figures")
     assert code == 0 and "sampled 4 digits" in stderr
 
 
@@ -160,7 +158,7 @@ def test_ctrl_c_before_training_exits_130_with_one_line(tmp_path, stalling_mirro
     # this test failed whenever the suite ran as `pytest &`, passing in a terminal)
     proc = subprocess.Popen([sys.executable, "-m", "nets.train", *TINY, "--data-dir", tmp_path / "data",
                              "--run-dir", tmp_path / "run"],
-                            env={**ENV, "DDPM_MNIST_MIRRORS": mirror},
+                            env={**CHILD_ENV, "DDPM_MNIST_MIRRORS": mirror},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
@@ -200,17 +198,17 @@ atomic_write(sys.argv[1], write)
 
 def test_a_resume_removes_the_temp_files_of_writes_killed_with_sigkill(tmp_path, real_mnist_dir):
     run_dir = tmp_path / "run"
-    assert run_in_process(*TINY, "--data-dir", real_mnist_dir, "--max-steps", 2, "--no-figures",
+    assert train_in_process(*TINY, "--data-dir", real_mnist_dir, "--max-steps", 2, "--no-figures",
                           "--run-dir", run_dir)[0] == 0
     for name in ("checkpoint.pt", "metrics.jsonl"):  # a real kill -9 inside each write
         child = subprocess.Popen([sys.executable, "-c", KILLED_WRITE, run_dir / name],
-                                 stdout=subprocess.PIPE, text=True, env=ENV)
+                                 stdout=subprocess.PIPE, text=True, env=CHILD_ENV)
         assert child.stdout.readline().strip() == "writing"
         child.kill()
         child.communicate()
     orphans = temp_files_of(run_dir / "checkpoint.pt") + temp_files_of(run_dir / "metrics.jsonl")
     assert len(orphans) == 2
-    code, stderr = run_in_process("--resume", run_dir, "--max-steps", 3, "--no-figures")
+    code, stderr = train_in_process("--resume", run_dir, "--max-steps", 3, "--no-figures")
     assert code == 0, stderr
     left = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("preview"))
     assert left == ["checkpoint.pt", "config.json", "metrics.jsonl"]
@@ -229,14 +227,14 @@ def test_a_full_disk_while_appending_the_log_exits_1_with_one_line_and_keeps_the
     reaches it within ~6 rows, long before the step-40 checkpoint; a resume with room then
     finishes the run."""
     run_dir = tmp_path / "run"
-    assert run_in_process(*TINY, "--data-dir", real_mnist_dir, "--max-steps", 2, "--no-figures",
+    assert train_in_process(*TINY, "--data-dir", real_mnist_dir, "--max-steps", 2, "--no-figures",
                           "--run-dir", run_dir)[0] == 0
     good = (run_dir / "checkpoint.pt").read_bytes()
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     config_bytes = (run_dir / "config.json").stat().st_size
     resource.setrlimit(resource.RLIMIT_FSIZE, (config_bytes + 400, hard))
     try:
-        code, stderr = run_in_process("--resume", run_dir, "--max-steps", 40, "--log-every", 1,
+        code, stderr = train_in_process("--resume", run_dir, "--max-steps", 40, "--log-every", 1,
                                       "--checkpoint-every", 1000)
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
@@ -246,6 +244,6 @@ def test_a_full_disk_while_appending_the_log_exits_1_with_one_line_and_keeps_the
     assert "cannot append to" in line and "metrics.jsonl" in line and "File too large" in line
     assert "kept" in line
     assert (run_dir / "checkpoint.pt").read_bytes() == good
-    code, stderr = run_in_process("--resume", run_dir, "--max-steps", 4, "--no-figures")
+    code, stderr = train_in_process("--resume", run_dir, "--max-steps", 4, "--no-figures")
     assert code == 0, stderr
     assert [r["step"] for r in read_metrics(Path(run_dir) / "metrics.jsonl")] == [1, 2, 3, 4]
