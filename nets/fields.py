@@ -11,6 +11,7 @@ marked ``resumable``, and a bad value from Python or from a stranger's saved con
 from __future__ import annotations
 
 import math
+import os
 import typing
 from collections.abc import Callable
 from dataclasses import MISSING, field, fields
@@ -91,10 +92,14 @@ def _type_problem(hint: Any, value: Any) -> str | None:
 
 def check_fields(config: Any) -> None:
     """Every field of the dataclass ``config`` against its annotation and rule; the first
-    problem is a ConfigError naming the field. None passes wherever the annotation allows it."""
+    problem is a ConfigError naming the field. None passes wherever the annotation allows it. A
+    path given where a string is expected (a ``Path``, a returned run) is taken as its string."""
     hints = typing.get_type_hints(type(config))
     for f in fields(config):
         value = getattr(config, f.name)
+        if isinstance(value, os.PathLike) and f.metadata.get("rule") is text:
+            value = os.fspath(value)
+            object.__setattr__(config, f.name, value)
         problem = _type_problem(hints[f.name], value)
         rule = f.metadata.get("rule")
         if problem is None and rule is not None and value is not None:

@@ -12,7 +12,9 @@ three figures: ``loss.png``, ``samples.png`` and ``reverse.png``.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from nets import cli
@@ -39,7 +41,12 @@ def config_from_flags(args: argparse.Namespace, given: dict) -> tuple[TrainConfi
 
 def train(args: argparse.Namespace, given: dict) -> TrainedRun:
     cfg, resume = config_from_flags(args, given)
-    return fit(cfg, resume)
+    return fit(cfg, resume, on_start=print_config)
+
+
+def print_config(cfg: TrainConfig) -> None:
+    """The resolved config on stdout as the run starts (the same as its config.json)."""
+    print(json.dumps(asdict(cfg), indent=1), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

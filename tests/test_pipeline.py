@@ -1,6 +1,7 @@
 """The Python API (nets.load → Pipeline) as the README shows it, and its agreement with the
 commands: the same call behind both, so the same settings give the same digits."""
 
+import json
 import os
 import re
 import subprocess
@@ -165,6 +166,47 @@ def test_evaluate_scores_samples_against_the_digits_the_model_never_trained_on(r
     assert report["real"]["count"] == 9000 and "never trained on" in report["real"]["reference"]
     assert report["metrics"]["count"] == 20 and report["real_floor"]["count"] == 20
     assert report["memorisation"]["training_count"] == 1000
+
+
+def test_the_evaluate_command_and_pipeline_evaluate_give_the_same_report(runs, mnist, weak_classifier,
+                                                                        tmp_path, capsys):
+    """One code path: nets.evaluate --checkpoint writes the JSON of Pipeline.evaluate's report
+    (all but the timings, which are measured)."""
+    from nets import evaluate
+
+    pipe = nets.load(runs["cond"], device="cpu", precision="fp32")
+    gen = pipe.sample(12, sampler=SamplerSettings("ddim", steps=3), seed=2)
+    samples = tmp_path / "s.npz"
+    code, err = run_main(capsys, "--checkpoint", runs["cond"], "--n", 12, "--sampler", "ddim", "--steps", 3,
+                         "--seed", 2, "--precision", "fp32", "--out", samples)
+    assert code == 0, err
+    report_path = tmp_path / "r.json"
+    assert evaluate.main(["--samples", str(samples), "--checkpoint", str(runs["cond"]), "--data-dir", mnist,
+                          "--classifier", str(weak_classifier), "--nll-images", "0", "--device", "cpu",
+                          "--json", str(report_path)]) == 0
+    written = json.loads(report_path.read_text())
+    judge = nets.make_judge(mnist, "test", weak_classifier)
+    from nets.evaluation.samples import load_samples
+
+    about = {"path": str(samples), **load_samples(samples)[1]}
+    ours = pipe.evaluate(gen.images, gen.labels, judge=judge, about=about).to_json()
+    for report in (written, ours):  # the timings are measured, not computed
+        del report["eval_images_per_second"]
+        report.pop("seconds", None)
+    assert json.loads(json.dumps(ours)) == written
+
+
+def test_evaluate_checks_the_images_before_reading_any_data(runs, monkeypatch):
+    """The issue-25 defect: offline, bad images were an MnistUnavailableError (the data came first)."""
+    import nets.pipeline
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the judge (and the data) was asked for before the images were checked")
+
+    monkeypatch.setattr(nets.pipeline, "make_judge", no_data)
+    pipe = nets.load(runs["cond"], device="cpu")
+    with pytest.raises(ValueError, match="28, 28"):
+        pipe.evaluate(np.zeros((5, 10, 10), np.uint8))
 
 
 @pytest.mark.slow

@@ -50,6 +50,9 @@ class DistilledRun:
     def __fspath__(self) -> str:
         return str(self.run_dir)
 
+    def __str__(self) -> str:
+        return str(self.run_dir)
+
 
 @dataclass(frozen=True)
 class Plan:

@@ -17,11 +17,10 @@ round (``nets.distillation``) is a call of fit, not a copy of it.
 
 from __future__ import annotations
 
-import json
 import os
 import signal as signals
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -77,6 +76,9 @@ class TrainedRun:
     def __fspath__(self) -> str:
         return str(self.run_dir)
 
+    def __str__(self) -> str:
+        return str(self.run_dir)
+
 
 @dataclass(frozen=True)
 class Resume:
@@ -97,9 +99,11 @@ class WarmStart:
 
 
 def fit(config: TrainConfig, resume: Resume | None = None, objective: Objective | None = None,
-        warm_start: WarmStart | None = None) -> TrainedRun:
+        warm_start: WarmStart | None = None,
+        on_start: Callable[[TrainConfig], None] | None = None) -> TrainedRun:
     """Train the run ``config`` describes (or continue it, ``resume``) to its end; ``objective``
-    None: the diffusion loss of ``config``. See the module's docstring for what it raises."""
+    None: the diffusion loss of ``config``; ``on_start``: called (rank 0) with the resolved config
+    before the first step (the command prints it). See the module's docstring for what it raises."""
     cfg = replace(config, run_dir=str(run_dir_of(config)))
     world = join_world(cfg, resume is not None)
     cfg = replace(cfg, batch_size=batch_on(world, cfg, resume), world_size=world.size)
@@ -108,6 +112,8 @@ def fit(config: TrainConfig, resume: Resume | None = None, objective: Objective 
         if warm_start is not None:
             start_warm(run, warm_start, resume is None)
         write_config(run)
+    if on_start is not None and world.is_main:
+        on_start(run.cfg)
     if resume is not None and run.step >= (run.planned_end or data.total_steps):
         world.meet()
         return nothing_to_train(run, data, resume.redo_figures)
@@ -251,10 +257,9 @@ def restore_checked(run: TrainingRun) -> None:
 
 
 def write_config(run: TrainingRun) -> None:
-    """config.json (rank 0), printed too: from here on the folder is a run's."""
+    """config.json (rank 0): from here on the folder is a run's."""
     if not run.world.is_main:
         return
-    print(json.dumps(asdict(run.cfg), indent=1))
     path = run.run_dir / "config.json"
     try:
         write_json_atomic(path, asdict(run.cfg))
