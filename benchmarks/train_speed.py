@@ -29,6 +29,7 @@ import copy
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,10 +37,13 @@ import torch
 from benchmarks import measure, workload
 from benchmarks.naive import NaiveTrainStep
 from nets import cli
+from nets.data import MnistArrays
 from nets.diffusion import Diffusion
-from nets.pixels import to_training_tensor
-from nets.training.config import TrainConfig, ema_decay_at, lr_at, total_steps
-from nets.training.step import Batch, Learner, draw_batch, epoch_permutation, train_step
+from nets.training.config import TrainConfig
+from nets.training.distributed import World
+from nets.training.loop import DataOrder, take_step
+from nets.training.run import build_run, training_data, wrap_for_training
+from nets.training.step import Batch
 
 DEFAULTS = {"batch_sizes": [64, 128], "precision": ["fp32", "auto"], "repeats": 5, "warmup": 2, "steps": 3}
 INPUT_BATCHES_PER_STEP = 20  # input-pipeline timings run this many batches per timed step
@@ -47,52 +51,36 @@ QUICK = {"batch_sizes": [64], "precision": ["auto"], "repeats": 3, "warmup": 1, 
 
 
 class ProjectTrainStep:
-    """One step of the trainer's loop (nets/training/loop.py; unconditional, one process), through
-    its own functions.
+    """One step of the trainer's loop, by the trainer's own functions (unconditional, one process):
+    the run is built by ``nets.training.run.build_run`` and ``training_data`` (the split as one
+    device tensor), wrapped by ``wrap_for_training`` (torch.compile when asked), and each call is
+    ``nets.training.loop.take_step`` (the epoch's data order, t and ε drawn on the device, the
+    loss under autocast, AdamW, clipping, the foreach EMA), whose loss is stored on the device,
+    not read (the loop reads it every ``log_every`` steps). ``memory_format`` overrides the
+    trainer's choice (``nets.device.memory_format_for``) so that both formats can be timed."""
 
-    ``nets.training.step.draw_batch`` indexes the split (one device tensor) with the epoch's permutation
-    and draws t and ε on the device; ``nets.training.step.train_step`` runs the loss under autocast,
-    AdamW (fused on CUDA), clipping and the foreach EMA, and returns the loss as a device tensor
-    that is stored, not read (train.py reads it back every ``log_every`` steps).
-    """
-
-    def __init__(self, model: torch.nn.Module, images: np.ndarray, batch_size: int,
-                 diffusion: Diffusion, device: torch.device, autocast_dtype: torch.dtype | None,
-                 channels_last: bool = False, compile: bool = False, seed: int = 0):
-        self.cfg = TrainConfig(batch_size=batch_size, timesteps=diffusion.num_timesteps, seed=seed,
-                               conditional=model.config.num_classes > 0)
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        self.model = model.to(device=device, memory_format=fmt)
-        self.ema = copy.deepcopy(self.model).requires_grad_(False)
-        self.data = to_training_tensor(images, device).contiguous(memory_format=fmt)
-        self.targets = torch.zeros(len(self.data), dtype=torch.int64, device=device)  # unused: unconditional
-        self.diffusion, self.device, self.autocast_dtype = diffusion.to(device), device, autocast_dtype
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr,
-                                           weight_decay=self.cfg.weight_decay,
-                                           fused=device.type == "cuda")
-        self.gen = torch.Generator(device=device).manual_seed(seed)
-        self.forward = torch.compile(self.model) if compile else self.model
-        self.learner = Learner(self.forward, self.model, self.ema, self.optimizer, self.diffusion,
-                               autocast_dtype)
-        self.loss_buf = torch.zeros(self.cfg.log_every, device=device)
-        self.steps_per_epoch = len(self.data) // batch_size
-        self.step, self.perm = 0, None
+    def __init__(self, cfg: TrainConfig, images: np.ndarray, device: torch.device,
+                 autocast_dtype: torch.dtype | None, memory_format: torch.memory_format):
+        world = World(device=device)
+        run = build_run(cfg, world, Path("."), autocast_dtype)  # writes nothing: no loop, no checkpoint
+        for module in (run.model, run.ema):
+            module.to(memory_format=memory_format)
+        run.memory_format = memory_format
+        labels = np.zeros(len(images), dtype=np.int64)  # unused: unconditional
+        self.data = training_data(MnistArrays(images, labels), cfg, world, memory_format)
+        wrap_for_training(run)
+        self.run, self.learner = run, run.learner
+        self.order = DataOrder(self.data, cfg.seed, world.shard(self.data.global_batch))
+        self.loss_buf = torch.zeros(cfg.log_every, device=device)
 
     def batch(self) -> Batch:
-        """The input of one step: x0 (B, 1, 28, 28) indexed on the device, t (B,) and ε drawn there."""
-        cfg = self.cfg
-        epoch, pos = divmod(self.step, self.steps_per_epoch)
-        if self.perm is None or pos == 0:
-            self.perm = epoch_permutation(cfg.seed, epoch, len(self.data), self.device)
-        idx = self.perm[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
-        return draw_batch(self.data, self.targets, idx, slice(None), self.gen, cfg)
+        """The input of one step: x0 indexed on the device, t and ε drawn there."""
+        return self.order.batch(self.run.step, self.run.gen, self.run.cfg)
 
     def __call__(self) -> None:
-        lr = lr_at(self.step, self.cfg, total_steps(self.cfg, self.steps_per_epoch))
-        decay = ema_decay_at(self.step, self.cfg)
-        loss = train_step(self.learner, self.batch(), lr, decay, self.cfg.grad_clip)
-        self.loss_buf[self.step % self.cfg.log_every] = loss
-        self.step += 1
+        loss, _ = take_step(self.run, self.learner, self.order, self.data.total_steps)
+        self.loss_buf[self.run.step % self.run.cfg.log_every] = loss
+        self.run.step += 1
 
 
 def flops_per_image(model: torch.nn.Module, diffusion: Diffusion, device: torch.device,
@@ -159,9 +147,10 @@ def time_batch(args, base, images, diffusion, batch, flops, compile_seconds) -> 
         for fmt, compiled in options:
             name = f"project {prec}" + (" cl" if fmt == "channels_last" else "") + \
                 (" compile" if compiled else "")
-            step = ProjectTrainStep(copy.deepcopy(base), images, batch, diffusion, device,
-                                    workload.autocast_dtype(prec, device), fmt == "channels_last",
-                                    compiled, args.seed)
+            cfg = TrainConfig(batch_size=batch, timesteps=args.timesteps, seed=args.seed, conditional=False,
+                              unet=base.config.to_dict(), compile=compiled, max_steps=10**6)
+            memory_format = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+            step = ProjectTrainStep(cfg, images, device, workload.autocast_dtype(prec, device), memory_format)
             if compiled:  # the first call builds the graph: timed once, outside the rounds
                 key, start = f"{name} b{batch}", time.perf_counter()
                 try:

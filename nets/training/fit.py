@@ -64,14 +64,15 @@ class RunInterrupted(Exception):
 
 @dataclass(frozen=True)
 class TrainedRun:
-    """What :func:`fit` returns: the run folder (``nets.load(run)`` takes it), the step it is at,
-    the steps this call trained and their seconds."""
+    """What :func:`fit` returns: the run folder (``nets.load(run)`` takes it), its config, the step
+    it is at, the steps this call trained, the training loop's seconds and the previews' share of them."""
 
     run_dir: Path
     config: TrainConfig
     step: int
     trained_steps: int
     seconds: float
+    preview_seconds: float = 0.0
 
     def __fspath__(self) -> str:
         return str(self.run_dir)
@@ -316,7 +317,8 @@ def train_and_draw(run: TrainingRun, data: TrainingData) -> TrainedRun:
         except KeyboardInterrupt as err:
             raise RunInterrupted(f"interrupted (Ctrl-C) while making the figures; the checkpoint at "
                                  f"step {end.step} is saved", signals.SIGINT, end.step) from err
-    return TrainedRun(run.run_dir, run.cfg, end.step, end.step - start, end.seconds)
+    previews = run.preview.spent if run.preview is not None else 0.0
+    return TrainedRun(run.run_dir, run.cfg, end.step, end.step - start, end.seconds, previews)
 
 
 def cut_metrics_to_checkpoint(run: TrainingRun) -> None:
