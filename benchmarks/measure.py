@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from nets.device import has_native_bf16
 from nets.files import write_json_atomic
 
 
@@ -142,7 +143,8 @@ def machine(device: torch.device) -> dict:
     info = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
             "load_average": [round(v, 2) for v in os.getloadavg()],  # others' work on a shared box
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "native_bf16": has_native_bf16(device)}  # whether bf16 autocast multiplies in hardware
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
