@@ -175,18 +175,6 @@ def directory(text: str) -> Path:
     return path
 
 
-def ensure_writable_dir(path: Path, flag: str) -> Path:
-    """Create ``path`` and prove it writable now, not after an hour of training."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-probe-{os.getpid()}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as err:
-        fail(f"{flag}: cannot write to {path}: {err.strerror or err}")
-    return path
-
-
 SEED_MAX = 2**32 - 1
 seed_value = int_at_least(0, SEED_MAX)
 

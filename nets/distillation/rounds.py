@@ -31,27 +31,20 @@ from nets.figures import plot_loss, save_grid
 from nets.files import atomic_write, remove_stale_temp_files, write_json_atomic
 from nets.progress import format_duration
 from nets.sampling import Network
-from nets.training import distributed
 from nets.training.config import TrainConfig, saved_config
 from nets.training.distributed import World
-from nets.training.fit import Resume, RunInterrupted, WarmStart, fit, say
+from nets.training.fit import Resume, RunFolderPath, RunInterrupted, WarmStart, fit, join_world, say
 from nets.training.metrics_log import METRICS_FILE, read_metrics
 
 
 @dataclass(frozen=True)
-class DistilledRun:
+class DistilledRun(RunFolderPath):
     """What :func:`distill` returns: the folder (``nets.load(run)`` samples the last student at
     its steps), the steps of the last student and this call's seconds."""
 
     run_dir: Path
     steps: int
     seconds: float
-
-    def __fspath__(self) -> str:
-        return str(self.run_dir)
-
-    def __str__(self) -> str:
-        return str(self.run_dir)
 
 
 @dataclass(frozen=True)
@@ -74,7 +67,11 @@ def distill(config: DistillConfig, resume: bool = False) -> DistilledRun:
         if not getattr(config, name) and not (resume and name == "teacher"):
             raise ConfigError(name, "required")
     cfg = replace(config)
-    world = join_world(cfg, resume)
+    world = join_world(cfg.device, cfg.dist_timeout)
+    if resume and cfg.world_size != world.size:
+        raise ConfigError("world_size", f"this distillation ran on {cfg.world_size} process(es); "
+                          f"resume it on as many")
+    cfg.world_size = world.size
     run_dir = check_folder(cfg, resume)
     plan = plan_rounds(cfg, world.device)
     cfg.from_steps, start = plan.from_steps, time.perf_counter()
@@ -89,20 +86,6 @@ def distill(config: DistillConfig, resume: bool = False) -> DistilledRun:
         last = round_dir(cfg, len(plan.lists[-1])) / "checkpoint.pt"
         atomic_write(run_dir / "checkpoint.pt", lambda f: f.write(last.read_bytes()))
     return DistilledRun(run_dir, len(plan.lists[-1]), time.perf_counter() - start)
-
-
-def join_world(cfg: DistillConfig, resume: bool) -> World:
-    try:
-        device = devices.pick_device(cfg.device)
-    except ValueError as err:
-        raise ConfigError("device", str(err)) from None
-    world = distributed.setup(device, cfg.dist_timeout)
-    if resume and cfg.world_size != world.size:
-        raise ConfigError("world_size", f"this distillation ran on {cfg.world_size} process(es); "
-                          f"resume it on as many")
-    cfg.world_size = world.size
-    devices.use_tf32_on_cuda(world.device)
-    return world
 
 
 def check_folder(cfg: DistillConfig, resume: bool) -> Path:

@@ -62,8 +62,20 @@ class RunInterrupted(Exception):
         return SIGNAL_EXIT_CODES[self.signal]
 
 
+class RunFolderPath:
+    """A result that is its run folder's path: ``nets.load(result)``, ``str(result)``, ``f"{result}-4"``."""
+
+    run_dir: Path
+
+    def __fspath__(self) -> str:
+        return str(self.run_dir)
+
+    def __str__(self) -> str:
+        return str(self.run_dir)
+
+
 @dataclass(frozen=True)
-class TrainedRun:
+class TrainedRun(RunFolderPath):
     """What :func:`fit` returns: the run folder (``nets.load(run)`` takes it), its config, the step
     it is at, the steps this call trained, the training loop's seconds and the previews' share of them."""
 
@@ -73,12 +85,6 @@ class TrainedRun:
     trained_steps: int
     seconds: float
     preview_seconds: float = 0.0
-
-    def __fspath__(self) -> str:
-        return str(self.run_dir)
-
-    def __str__(self) -> str:
-        return str(self.run_dir)
 
 
 @dataclass(frozen=True)
@@ -106,7 +112,7 @@ def fit(config: TrainConfig, resume: Resume | None = None, objective: Objective 
     None: the diffusion loss of ``config``; ``on_start``: called (rank 0) with the resolved config
     before the first step (the command prints it). See the module's docstring for what it raises."""
     cfg = replace(config, run_dir=str(run_dir_of(config)))
-    world = join_world(cfg, resume is not None)
+    world = join_world(cfg.device, cfg.dist_timeout)
     cfg = replace(cfg, batch_size=batch_on(world, cfg, resume), world_size=world.size)
     with run_folder(Path(cfg.run_dir), resume is not None, world):
         run, data = start_run(cfg, world, resume, objective)
@@ -155,13 +161,14 @@ def saved_run_config(run: str | os.PathLike) -> TrainConfig:
 
 # ---- before the first step ------------------------------------------------------------------------
 
-def join_world(cfg: TrainConfig, resuming: bool) -> World:
-    """This process's place under torchrun (one process without it) on the config's device."""
+def join_world(device_name: str, timeout_s: float) -> World:
+    """This process's place under torchrun (one process without it) on the named device
+    (ConfigError naming ``device`` where there is none such); TF32 on CUDA."""
     try:
-        device = devices.pick_device(cfg.device)
+        device = devices.pick_device(device_name)
     except ValueError as err:
         raise ConfigError("device", str(err)) from None
-    world = distributed.setup(device, cfg.dist_timeout)
+    world = distributed.setup(device, timeout_s)
     devices.use_tf32_on_cuda(world.device)
     return world
 
