@@ -99,6 +99,16 @@ def test_a_run_that_fails_before_its_first_step_leaves_no_folder(tmp_path, mnist
         nets.distill(nets.DistillConfig(run_dir=str(tmp_path / "d")))
 
 
+def test_previews_and_figures_fit_any_number_of_timesteps(tmp_path, mnist):
+    """A model of T = 1 trains, previews (DDIM at its one step: the preview's solver needs 3) and
+    draws its figures; it used to end in a traceback after training ("steps 10 exceeds T = 1")."""
+    run = nets.fit(tiny_train(mnist, timesteps=1, max_steps=2, figures=True, preview=True, preview_every="1",
+                              num_samples=4, run_dir=str(tmp_path / "t1")))
+    assert run.step == 2
+    for name in ("preview.png", "samples.png", "reverse.png", "loss.png"):
+        assert (tmp_path / "t1" / name).stat().st_size > 0, name
+
+
 def test_a_command_line_resume_keeps_device_and_precision_unless_given_and_then_says_so(tmp_path, mnist):
     """The bug of issue 25: nets.distill --resume set --precision from the parser's default
     (auto: bf16 on a CPU with AMX, and on every GPU), so a fp32 round resumed under bf16."""
