@@ -191,7 +191,8 @@ class Pipeline:
         if request == "frequencies":
             if self.loaded.class_counts is None:
                 raise ConfigError("digit", f"{self.loaded.path} does not record its training set's "
-                                  f"class counts (written by an older version); ask for digit 'all'")
+                                  f"class counts (written by an older version); ask for digit 'all' "
+                                  f"(--digit all)")
             labels = labels_from_frequencies(n, self.loaded.class_counts, seed)
         else:
             labels = class_labels(n, request)

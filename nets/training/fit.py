@@ -189,7 +189,7 @@ def run_folder(run_dir: Path, resuming: bool, world: World) -> Iterator[None]:
     folder, and one that fails before its first step leaves no folder it created behind."""
     if not resuming and (run_dir / "checkpoint.pt").exists():  # never clobber a run
         raise ConfigError("run_dir", f"{run_dir} already holds a run's checkpoint.pt; continue it "
-                          f"with a resume or choose another folder")
+                          f"with --resume {run_dir} (nets.resume from Python) or choose another folder")
     created = make_writable_dir(run_dir) if world.is_main else []
     try:
         yield
