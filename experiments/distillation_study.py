@@ -8,10 +8,10 @@ Usage:
 The teacher is sampled with DDIM, DPM-Solver++ 2M and SDE-DPM-Solver++ 2M (trailing spacing) at
 each of --teacher-calls; every student of each DISTILL_RUN (its ``steps-NN/`` folders, one per
 round; a student found twice is taken from the first) with its own default, DDIM at the steps it
-was distilled for. Each setting is ``python -m nets.sample`` (seed 0) then ``python -m
-nets.evaluate`` against the real digits the teacher never trained on, the floor at the same n
-beside them (``solver_sweep.sample_and_score``). Writes OUT_DIR/study.json,
-OUT_DIR/distillation_quality.png (FD and recognised share against calls) and
+was distilled for. Each setting is ``Pipeline.sample`` (seed 0; what ``python -m nets.sample``
+runs) then ``Pipeline.evaluate`` against the real digits the teacher never trained on, the
+floor at the same n beside them (``solver_sweep.sample_and_score``, one judge for all rows).
+Writes OUT_DIR/study.json, OUT_DIR/distillation_quality.png (FD and recognised share against calls) and
 OUT_DIR/distillation_grids.png (the first 20 digits of each student and of the teacher's three
 samplers at their fewest calls).
 """
@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from solver_sweep import add_scoring_args, finish_quality_plot, sample_and_score  # noqa: E402  (experiments/ is sys.path[0])
 
+import nets  # noqa: E402
 from nets.figures import save_digit_rows  # noqa: E402
 from nets.files import write_json_atomic  # noqa: E402
 
@@ -56,13 +57,13 @@ def main() -> None:
     for sampler in TEACHER_SAMPLERS:
         for calls in map(int, args.teacher_calls.split(",")):
             npz = args.out_dir / f"teacher-{sampler}-{calls}.npz"
-            flags = ["--sampler", sampler, "--steps", calls, "--spacing", "trailing"]
+            settings = nets.SamplerSettings(sampler, steps=calls, spacing="trailing")
             rows.append({"model": "teacher", "sampler": sampler, "calls": calls,
-                         **sample_and_score(args, args.teacher, npz, flags)})
+                         **sample_and_score(args, args.teacher, npz, settings)})
     for steps, folder in students(args.distilled):
         npz = args.out_dir / f"student-{steps}.npz"
         rows.append({"model": "student", "sampler": "ddim (distilled)", "calls": steps,
-                     "checkpoint": str(folder), **sample_and_score(args, folder, npz, [])})
+                     "checkpoint": str(folder), **sample_and_score(args, folder, npz, None)})
     if not any(r["model"] == "student" for r in rows):
         sys.exit(f"no students (steps-NN/checkpoint.pt) in {', '.join(map(str, args.distilled))}")
     for r in rows:

@@ -3,16 +3,17 @@
 Usage:
     python experiments/solver_sweep.py RUN_DIR OUT_DIR --data-dir DIR [--classifier PATH] [--n 1000]
 
-For each (sampler, steps, spacing) of GRID it runs the product's own commands,
-``python -m nets.sample`` (seed 0, 1,000 digits) then ``python -m nets.evaluate`` (the samples
-against the real digits of --split, the floor at the same n beside them), and collects
+For each (sampler, steps, spacing) of GRID it runs the product's own calls (the ones
+``python -m nets.sample`` and ``nets.evaluate --checkpoint`` make): ``nets.load(RUN).sample``
+(seed 0, 1,000 digits) then ``Pipeline.evaluate`` (the samples against the real digits of
+--split it never trained on, the floor at the same n beside them; one judge for all rows), and collects
 OUT_DIR/sweep.json, OUT_DIR/solver_quality.png (FD and recognised share against calls) and
 OUT_DIR/solver_grids.png (the first 20 digits of each sampler at 10 calls).
 """
 
 import argparse
+import functools
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,8 +23,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+import nets  # noqa: E402
+from nets.evaluation.samples import load_samples  # noqa: E402
 from nets.figures import save_digit_rows  # noqa: E402
 from nets.files import write_json_atomic  # noqa: E402
+from nets.sampling.outputs import write_outputs  # noqa: E402
 
 GRID = {  # sampler: (spacing, network calls)
     "ddim": ("trailing", [5, 10, 20, 50]),
@@ -35,11 +39,6 @@ GRID = {  # sampler: (spacing, network calls)
 EXTRA = [("dpmpp-2m", "trailing", 10), ("ddim", "logsnr", 10)]  # the spacing's own effect
 
 
-def run(cmd):
-    print("+", " ".join(map(str, cmd)), file=sys.stderr, flush=True)
-    subprocess.run([sys.executable, "-m", *map(str, cmd)], check=True)
-
-
 def add_scoring_args(p: argparse.ArgumentParser) -> None:
     """The flags :func:`sample_and_score` reads: the real digits, the classifier, n."""
     p.add_argument("--data-dir", required=True)
@@ -48,18 +47,28 @@ def add_scoring_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=1000)
 
 
-def sample_and_score(args, checkpoint: Path, npz: Path, sampler_flags: list) -> dict:
-    """1,000 (``args.n``) digits of ``checkpoint`` with ``sampler_flags`` (seed 0) into ``npz``,
-    scored by ``nets.evaluate`` against the real digits it never trained on; each file is made
-    once (a rerun reuses it). The row's numbers, the floor at the same n beside them."""
+@functools.cache
+def judge_of(data_dir: str, split: str, classifier: Path | None):
+    """The real digits and the classifier, built once for all rows of a study."""
+    return nets.make_judge(data_dir, split, classifier)
+
+
+def sample_and_score(args, checkpoint: Path, npz: Path, sampler: nets.SamplerSettings | None) -> dict:
+    """1,000 (``args.n``) digits of ``checkpoint`` by ``sampler`` (None: the model's default; seed 0)
+    into ``npz``, scored against the real digits it never trained on; each file is made once (a
+    rerun reuses it). The row's numbers, the floor at the same n beside them."""
+    pipe = nets.load(checkpoint)
     if not npz.exists():
-        run(["nets.sample", "--checkpoint", checkpoint, "--n", args.n, *sampler_flags, "--seed", 0,
-             "--batch-size", 250, "--no-progress", "--out", npz])
+        chain = pipe.describe_sampler(sampler or pipe.default_sampler)
+        print(f"+ sampling {args.n} digits of {checkpoint}: {chain}", file=sys.stderr, flush=True)
+        gen = pipe.sample(args.n, sampler=sampler, seed=0, options=nets.SampleOptions(250))
+        write_outputs(npz, gen, gen.settings)
     report = npz.with_name(f"{npz.stem}.eval.json")
     if not report.exists():
-        run(["nets.evaluate", "--samples", npz, "--data-dir", args.data_dir, "--split", args.split,
-             "--checkpoint", checkpoint, "--nll-images", 0, "--json", report,
-             *(["--classifier", args.classifier] if args.classifier else [])])
+        images, meta, labels = load_samples(npz)
+        scored = pipe.evaluate(images, labels, judge=judge_of(args.data_dir, args.split, args.classifier),
+                               about={"path": str(npz), **meta})
+        write_json_atomic(report, scored.to_json())
     r = json.loads(report.read_text())
     return {"fd": r["metrics"]["frechet_distance"], "recognised": r["metrics"]["confident_fraction"],
             "class_entropy": r["metrics"]["class_entropy"],
@@ -83,9 +92,9 @@ def main() -> None:
     rows = []
     for sampler, spacing, steps in settings:
         npz = args.out_dir / f"{sampler}-{spacing}-{steps}.npz"
-        flags = ["--sampler", sampler, "--steps", steps, "--spacing", spacing]
+        chain = nets.SamplerSettings(sampler, steps=steps, spacing=spacing)
         rows.append({"sampler": sampler, "spacing": spacing, "calls": steps,
-                     **sample_and_score(args, args.run_dir, npz, flags)})
+                     **sample_and_score(args, args.run_dir, npz, chain)})
     write_json_atomic(args.out_dir / "sweep.json", rows)
     plot(rows, args.out_dir / "solver_quality.png")
     grids(settings, args.out_dir, args.out_dir / "solver_grids.png")

@@ -109,7 +109,7 @@ def test_a_time_limited_runs_lr_falls_to_about_zero_at_its_last_step(tmp_path, r
 def test_a_resumed_time_limited_run_ends_at_the_step_it_planned(tmp_path, real_mnist_dir):
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "nets.train", *ENV_TINY, "--data-dir", str(real_mnist_dir),
-                             "--max-minutes", "0.5", "--run-dir", str(run), "--checkpoint-every", "5"],
+                             "--max-minutes", "0.25", "--run-dir", str(run), "--checkpoint-every", "5"],
                             stderr=subprocess.PIPE, text=True, env=CHILD_ENV)
     for line in proc.stderr:
         if "the learning rate decays to 0 there" in line:
