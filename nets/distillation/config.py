@@ -54,9 +54,6 @@ class DistillConfig:
     def __post_init__(self):
         check_fields(self)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 def read_config(run_dir: Path) -> DistillConfig:
     """The config.json of a distillation folder; ValueError naming what is wrong."""

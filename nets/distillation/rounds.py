@@ -76,7 +76,8 @@ def distill(config: DistillConfig, resume: bool = False) -> DistilledRun:
     plan = plan_rounds(cfg, world.device)
     cfg.from_steps, start = plan.from_steps, time.perf_counter()
     make_folder(run_dir, world)
-    write_config(cfg, world)
+    if world.is_main:
+        write_config(cfg)
     announce(cfg, plan, world)
     teacher, spent_before = plan.teacher, sum(cfg.rounds_seconds.values())
     for r in range(plan.rounds):
@@ -109,13 +110,13 @@ def make_folder(run_dir: Path, world: World) -> None:
         say(f"removed {tmp.name}, left by a write that was killed")
 
 
-def write_config(cfg: DistillConfig, world: World) -> None:
-    if world.is_main:
-        path = Path(cfg.run_dir) / CONFIG_FILE
-        try:
-            write_json_atomic(path, asdict(cfg))
-        except OSError as err:
-            raise ConfigError("run_dir", f"cannot write {path}: {err.strerror or err}") from None
+def write_config(cfg: DistillConfig) -> None:
+    """The distillation's config.json (rank 0 calls it): its settings and each finished round's time."""
+    path = Path(cfg.run_dir) / CONFIG_FILE
+    try:
+        write_json_atomic(path, asdict(cfg))
+    except OSError as err:
+        raise ConfigError("run_dir", f"cannot write {path}: {err.strerror or err}") from None
 
 
 def plan_rounds(cfg: DistillConfig, device: torch.device) -> Plan:
@@ -242,7 +243,7 @@ def finish_round(cfg: DistillConfig, folder: Path, steps: int, seconds: float) -
     state["distilled"] = {**state["distilled"], "complete": True}
     save_checkpoint(state, folder / "checkpoint.pt")
     cfg.rounds_seconds[str(steps)] = round(seconds, 1)
-    write_config(cfg, World(device=torch.device("cpu")))
+    write_config(cfg)
     say(f"round {state['distilled']['round']}/{state['distilled']['rounds']}: {steps}-step student after "
         f"{state['step']} steps in {seconds:.1f}s")
     if cfg.figures:

@@ -134,18 +134,6 @@ class TrainConfig:
             raise ConfigError("sample_steps", f"{self.sample_steps} exceeds timesteps {self.timesteps}")
         self.unet = {**self.unet, "num_classes": NUM_CLASSES if self.conditional else 0}
 
-    @property
-    def unet_config(self) -> UNetConfig:
-        return UNetConfig.from_dict(self.unet)
-
-    @property
-    def figure_steps(self) -> int:
-        """The DDPM steps of the run's figures: --sample-steps, else all T."""
-        return self.sample_steps or self.timesteps
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 # What a run did before its config had these fields: a resumed old checkpoint keeps its own
 # behaviour where today's default differs (min-SNR weights and the cosine decay came later).
