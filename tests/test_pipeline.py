@@ -42,7 +42,7 @@ def runs(tmp_path_factory):
 
 def test_pipeline_sample_gives_the_digits_the_command_writes(runs, tmp_path, capsys):
     out = tmp_path / "s.npz"
-    code, err = run_main(capsys, "--checkpoint", runs["cond"], "--n", "6", "--sampler", "ddim",
+    code, err = run_main("--checkpoint", runs["cond"], "--n", "6", "--sampler", "ddim",
                          "--steps", "5", "--seed", "3", "--digit", "4", "--guidance", "2", "--out", out)
     assert code == 0, err
     pipe = nets.load(runs["cond"], device="cpu")
@@ -177,7 +177,7 @@ def test_the_evaluate_command_and_pipeline_evaluate_give_the_same_report(runs, m
     pipe = nets.load(runs["cond"], device="cpu", precision="fp32")
     gen = pipe.sample(12, sampler=SamplerSettings("ddim", steps=3), seed=2)
     samples = tmp_path / "s.npz"
-    code, err = run_main(capsys, "--checkpoint", runs["cond"], "--n", 12, "--sampler", "ddim", "--steps", 3,
+    code, err = run_main("--checkpoint", runs["cond"], "--n", 12, "--sampler", "ddim", "--steps", 3,
                          "--seed", 2, "--precision", "fp32", "--out", samples)
     assert code == 0, err
     report_path = tmp_path / "r.json"

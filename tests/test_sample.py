@@ -12,6 +12,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 import torch
+from conftest import run_in_process
 from torch import nn
 
 import diffusion_core as core
@@ -194,17 +195,14 @@ def checkpoints(tmp_path_factory):
             "dir": d}
 
 
-def run_main(capsys, *argv):
-    try:
-        code = sample_cli.main([*map(str, argv), "--no-progress", "--device", "cpu"])
-    except SystemExit as exit_:
-        code = exit_.code
-    return code, capsys.readouterr().err
+def run_main(*argv):
+    """``nets.sample`` in this process on the CPU without a progress line: (exit code, stderr)."""
+    return run_in_process(sample_cli.main, *argv, "--no-progress", "--device", "cpu")
 
 
 def test_cli_writes_npz_grid_and_trajectory(checkpoints, tmp_path, capsys):
     out = tmp_path / "s.npz"
-    code, err = run_main(capsys, "--checkpoint", checkpoints["uncond"], "--n", "9",
+    code, err = run_main("--checkpoint", checkpoints["uncond"], "--n", "9",
                          "--batch-size", "4", "--sampler", "ddim", "--steps", "5", "--out", out,
                          "--trajectory")
     assert code == 0, err
@@ -218,7 +216,7 @@ def test_cli_writes_npz_grid_and_trajectory(checkpoints, tmp_path, capsys):
 
 
 def test_cli_png_only_and_raw_weights(checkpoints, tmp_path, capsys):
-    code, err = run_main(capsys, "--checkpoint", checkpoints["uncond"], "--n", "4", "--precision", "bf16",
+    code, err = run_main("--checkpoint", checkpoints["uncond"], "--n", "4", "--precision", "bf16",
                          "--weights", "raw", "--steps", "3", "--out", tmp_path / "g.png")
     assert code == 0, err
     assert (tmp_path / "g.png").exists() and not (tmp_path / "g.npz").exists()
@@ -226,7 +224,7 @@ def test_cli_png_only_and_raw_weights(checkpoints, tmp_path, capsys):
 
 def test_cli_conditional_digit_and_guidance(checkpoints, tmp_path, capsys):
     out = tmp_path / "c.npz"
-    code, err = run_main(capsys, "--checkpoint", checkpoints["cond"], "--n", "4", "--digit", "3",
+    code, err = run_main("--checkpoint", checkpoints["cond"], "--n", "4", "--digit", "3",
                          "--guidance", "2", "--steps", "3", "--out", out)
     assert code == 0, err
     with np.load(out) as f:
@@ -246,13 +244,13 @@ def test_cli_conditional_digit_and_guidance(checkpoints, tmp_path, capsys):
     (["--precision", "fp16"], "invalid choice: 'fp16'"),
 ])
 def test_cli_bad_flags_exit_2_with_a_message(checkpoints, tmp_path, capsys, args, message):
-    code, err = run_main(capsys, "--checkpoint", checkpoints["uncond"], "--out",
+    code, err = run_main("--checkpoint", checkpoints["uncond"], "--out",
                          tmp_path / "o.npz", *args)
     assert code == 2 and message in err and "Traceback" not in err
 
 
 def test_cli_bad_conditional_digit(checkpoints, tmp_path, capsys):
-    code, err = run_main(capsys, "--checkpoint", checkpoints["cond"], "--digit", "12",
+    code, err = run_main("--checkpoint", checkpoints["cond"], "--digit", "12",
                          "--out", tmp_path / "o.npz")
     assert code == 2 and "expected 0-9, all or frequencies" in err
 
@@ -271,7 +269,7 @@ def test_cli_checkpoints_of_other_models_exit_2(checkpoints, tmp_path, capsys):
                           (other, "not a DDPM checkpoint"), (bad_heads, "not a DDPM checkpoint"),
                           (garbage, "refus"),
                           (empty_dir, "checkpoint not found")]:
-        code, err = run_main(capsys, "--checkpoint", path, "--out", tmp_path / "o.npz")
+        code, err = run_main("--checkpoint", path, "--out", tmp_path / "o.npz")
         assert code == 2 and message in err and "Traceback" not in err, (path, err)
 
 
@@ -279,11 +277,11 @@ def test_cli_without_sampler_flags_uses_the_documented_default(checkpoints, tmp_
     """SDE-DPM-Solver++ 2M at 20 steps (docs/results.md: the best quality per network call);
     the output says so, and --sampler ddpm is the paper's chain over all T."""
     out = tmp_path / "d.npz"
-    code, err = run_main(capsys, "--checkpoint", checkpoints["uncond"], "--n", "3", "--out", out)
+    code, err = run_main("--checkpoint", checkpoints["uncond"], "--n", "3", "--out", out)
     assert code == 0, err
     assert "sampler: sde-dpmpp-2m 20 steps" in err
     with np.load(out) as f:
         assert str(f["sampler"]) == "sde-dpmpp-2m" and int(f["steps"]) == 20
-    code, err = run_main(capsys, "--checkpoint", checkpoints["uncond"], "--n", "3", "--sampler", "ddpm",
+    code, err = run_main("--checkpoint", checkpoints["uncond"], "--n", "3", "--sampler", "ddpm",
                          "--out", out)
     assert code == 0 and "sampler: ddpm 20 steps" in err  # T = 20: all of them

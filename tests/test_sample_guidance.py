@@ -99,8 +99,8 @@ def test_cli_guiding_a_model_by_itself_changes_nothing(tmp_path, capsys):
     main = tiny_model()
     ckpt = write(tmp_path / "m.pt", main)
     common = ["--checkpoint", ckpt, "--n", "4", "--steps", "4", "--sampler", "ddim"]
-    assert run_main(capsys, *common, "--out", tmp_path / "plain.npz")[0] == 0
-    code, err = run_main(capsys, *common, "--guide-model", ckpt, "--guidance", "3",
+    assert run_main(*common, "--out", tmp_path / "plain.npz")[0] == 0
+    code, err = run_main(*common, "--guide-model", ckpt, "--guidance", "3",
                          "--out", tmp_path / "self.npz")
     assert code == 0, err
     assert "autoguidance: w = 3" in err
@@ -114,8 +114,8 @@ def test_cli_a_worse_guide_changes_the_images_and_w_defaults_to_2(tmp_path, caps
     main = tiny_model()
     ckpt, guide = write(tmp_path / "m.pt", main), write(tmp_path / "g.pt", perturbed(main, 0.2))
     common = ["--checkpoint", ckpt, "--n", "4", "--steps", "4", "--sampler", "ddim"]
-    assert run_main(capsys, *common, "--out", tmp_path / "plain.npz")[0] == 0
-    assert run_main(capsys, *common, "--guide-model", guide, "--out", tmp_path / "g.npz")[0] == 0
+    assert run_main(*common, "--out", tmp_path / "plain.npz")[0] == 0
+    assert run_main(*common, "--guide-model", guide, "--out", tmp_path / "g.npz")[0] == 0
     plain, _ = images_of(tmp_path / "plain.npz")
     guided, settings = images_of(tmp_path / "g.npz")
     assert (plain != guided).mean() > 0.1
@@ -125,7 +125,7 @@ def test_cli_a_worse_guide_changes_the_images_and_w_defaults_to_2(tmp_path, caps
 def test_cli_a_guide_of_another_objective_exits_2(tmp_path, capsys):
     main = tiny_model()
     ckpt, guide = write(tmp_path / "m.pt", main), write(tmp_path / "g.pt", main, objective="v")
-    code, err = run_main(capsys, "--checkpoint", ckpt, "--guide-model", guide, "--out",
+    code, err = run_main("--checkpoint", ckpt, "--guide-model", guide, "--out",
                          tmp_path / "o.npz")
     assert code == 2 and "--guide-model" in err and "objective" in err and "Traceback" not in err
 
@@ -148,7 +148,7 @@ def test_cli_digit_frequencies_draws_the_checkpoints_class_counts(tmp_path, caps
     model = tiny_model(10)
     counts = [0, 0, 0, 7, 0, 0, 0, 0, 0, 3]
     ckpt = write(tmp_path / "c.pt", model, 10, class_counts=counts)
-    code, err = run_main(capsys, "--checkpoint", ckpt, "--n", "20", "--steps", "3", "--digit",
+    code, err = run_main("--checkpoint", ckpt, "--n", "20", "--steps", "3", "--digit",
                          "frequencies", "--guidance", "2", "--seed", "5", "--out", tmp_path / "f.npz")
     assert code == 0, err
     _, settings = images_of(tmp_path / "f.npz")
@@ -158,21 +158,21 @@ def test_cli_digit_frequencies_draws_the_checkpoints_class_counts(tmp_path, caps
 
 def test_cli_digit_frequencies_without_recorded_counts_exits_2(tmp_path, capsys):
     ckpt = write(tmp_path / "old.pt", tiny_model(10), 10)
-    code, err = run_main(capsys, "--checkpoint", ckpt, "--digit", "frequencies", "--out",
+    code, err = run_main("--checkpoint", ckpt, "--digit", "frequencies", "--out",
                          tmp_path / "o.npz")
     assert code == 2 and "class counts" in err and "--digit all" in err
 
 
 def test_a_checkpoint_with_garbled_class_counts_exits_2(tmp_path, capsys):
     ckpt = write(tmp_path / "bad.pt", tiny_model(10), 10, class_counts=[1, 2, 3])
-    code, err = run_main(capsys, "--checkpoint", ckpt, "--out", tmp_path / "o.npz")
+    code, err = run_main("--checkpoint", ckpt, "--out", tmp_path / "o.npz")
     assert code == 2 and "class_counts" in err and "Traceback" not in err
 
 
 def test_cli_a_conditional_checkpoint_with_counts_samples_the_frequencies_by_default(tmp_path, capsys):
     counts = [1, 0, 0, 0, 0, 0, 0, 0, 0, 1]
     ckpt = write(tmp_path / "c.pt", tiny_model(10), 10, class_counts=counts)
-    code, err = run_main(capsys, "--checkpoint", ckpt, "--n", "12", "--steps", "3", "--out",
+    code, err = run_main("--checkpoint", ckpt, "--n", "12", "--steps", "3", "--out",
                          tmp_path / "d.npz")
     assert code == 0, err
     _, settings = images_of(tmp_path / "d.npz")

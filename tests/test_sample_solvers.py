@@ -123,7 +123,7 @@ def test_cuda_graph_refuses_a_multistep_table():
 @pytest.mark.parametrize("sampler", sorted(MULTISTEP))
 def test_cli_samples_with_each_solver(checkpoints, tmp_path, capsys, sampler):  # noqa: F811
     out = tmp_path / "s.npz"
-    code, err = run_main(capsys, "--checkpoint", checkpoints["uncond"], "--n", "6", "--sampler",
+    code, err = run_main("--checkpoint", checkpoints["uncond"], "--n", "6", "--sampler",
                          sampler, "--steps", "5", "--spacing", "logsnr", "--out", out)
     assert code == 0, err
     with np.load(out) as f:
@@ -143,7 +143,7 @@ def test_cli_samples_with_each_solver(checkpoints, tmp_path, capsys, sampler):  
 ])
 def test_cli_bad_solver_combinations_exit_2_with_one_line(checkpoints, tmp_path, capsys, args,  # noqa: F811
                                                           message):
-    code, err = run_main(capsys, "--checkpoint", checkpoints["uncond"], "--out", tmp_path / "o.npz",
+    code, err = run_main("--checkpoint", checkpoints["uncond"], "--out", tmp_path / "o.npz",
                          *args)
     assert code == 2 and message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
