@@ -18,6 +18,7 @@ from typing import TypeVar
 import torch
 
 from nets import device as devices
+from nets import fields
 from nets.data import MNIST_ERRORS, MnistArrays, load_mnist
 
 T = TypeVar("T")
@@ -56,10 +57,11 @@ def given_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> tupl
 
 
 def flag_of(name: str) -> str:
-    """The flag that sets the config field ``name`` (the U-Net's flags for ``unet``)."""
+    """The flag that sets the config field ``name``: ``nets.fields.flag_of``, and for ``unet``
+    the U-Net's flags that nets.train folds into it."""
     if name == "unet":
         return "--base-channels/--channel-mults/--num-res-blocks/--attention-resolutions/--dropout"
-    return "--" + name.replace("_", "-")
+    return fields.flag_of(name)
 
 
 def main_process() -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import types
 import typing
 from collections.abc import Callable
 from dataclasses import MISSING, field, fields
@@ -78,7 +79,7 @@ def text(value: Any) -> str | None:
 def _type_problem(hint: Any, value: Any) -> str | None:
     """What is wrong with ``value`` against a field's annotation (Literal choices, bool, Optional)."""
     args = get_args(hint)
-    if get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if get_origin(hint) in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         hint = next(a for a in args if a is not type(None))
