@@ -37,7 +37,6 @@ import torch
 from benchmarks import measure, workload
 from benchmarks.naive import NaiveTrainStep
 from nets import cli
-from nets.data import MnistArrays
 from nets.diffusion import Diffusion
 from nets.training.config import TrainConfig
 from nets.training.distributed import World
@@ -66,8 +65,7 @@ class ProjectTrainStep:
         for module in (run.model, run.ema):
             module.to(memory_format=memory_format)
         run.memory_format = memory_format
-        labels = np.zeros(len(images), dtype=np.int64)  # unused: unconditional
-        self.data = training_data(MnistArrays(images, labels), cfg, world, memory_format)
+        self.data = training_data(images, None, cfg, world, memory_format)  # unlabelled: unconditional
         wrap_for_training(run)
         self.run, self.learner = run, run.learner
         self.order = DataOrder(self.data, cfg.seed, world.shard(self.data.global_batch))

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
+from nets.data.dataset import MNIST_INFO, DatasetInfo
 from nets.diffusion import Diffusion, make_schedule
 from nets.files import atomic_write
-from nets.pixels import IMAGE_SHAPE, NUM_CLASSES
 from nets.unet import UNet, UNetConfig
 
 FORMAT_VERSION = 1  # of the dict save_checkpoint writes; bump it when its meaning changes
@@ -119,9 +119,10 @@ class LoadedModel:
     config: dict  # the TrainConfig saved in the checkpoint, as a dict
     step: int
     path: Path
-    class_counts: list[int] | None = None  # training images per digit (checkpoints since 2026-12)
+    class_counts: list[int] | None = None  # training images per class (checkpoints since 2026-12)
     weights: str = "ema"  # which of the checkpoint's weights: "ema" or "raw"
     distilled: Distilled | None = None  # a nets.distill student: the steps it was distilled for
+    dataset: DatasetInfo = MNIST_INFO  # what it was trained on (checkpoints before 2026-12-05: MNIST)
 
     @property
     def conditional(self) -> bool:
@@ -178,9 +179,6 @@ def load_model(path: str | os.PathLike, weights: str = "ema",
         raise CheckpointError(f"{resolved} is not a DDPM checkpoint of this package "
                               f"(its config does not describe a U-Net and schedule: "
                               f"{type(err).__name__}: {err})") from None
-    if (unet_config.in_channels, unet_config.image_size) != IMAGE_SHAPE[:2]:
-        raise CheckpointError(f"{resolved} is a model of {unet_config.in_channels}×"
-                              f"{unet_config.image_size}² images, not MNIST's 1×28²")
     key = "ema" if weights == "ema" else "model"
     if not isinstance(state.get(key), dict):
         raise CheckpointError(f"{resolved} holds no {weights} weights"
@@ -189,16 +187,38 @@ def load_model(path: str | os.PathLike, weights: str = "ema",
     model.requires_grad_(False)
     record = state.get("distilled")
     distilled = None if record is None else Distilled.from_record(record, resolved, diffusion.num_timesteps)
+    dataset = dataset_of(state.get("dataset"), unet_config, resolved)
     return LoadedModel(model.to(device).eval(), diffusion.to(device), cfg, step, resolved,
-                       _class_counts(state.get("class_counts"), resolved), weights, distilled)
+                       _class_counts(state.get("class_counts"), unet_config.num_classes, resolved), weights,
+                       distilled, dataset)
 
 
-def _class_counts(counts, path: Path) -> list[int] | None:
-    if counts is None:
+def dataset_of(record, unet: UNetConfig, path: Path) -> DatasetInfo:
+    """What the model was trained on: the checkpoint's ``dataset`` record, checked against its
+    U-Net; a checkpoint from before datasets were recorded is MNIST's."""
+    if record is None:
+        if unet.image_shape != MNIST_INFO.shape:
+            raise CheckpointError(f"{path} records no dataset and is not an MNIST model "
+                                  f"({unet.in_channels}×{unet.image_size}² images)")
+        return MNIST_INFO
+    try:
+        info = DatasetInfo(str(record["name"]), str(record["title"]), tuple(int(v) for v in record["shape"]),
+                           tuple(str(c) for c in record["class_names"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its dataset record is incomplete "
+                              f"({type(err).__name__}: {err})") from None
+    if info.shape != unet.image_shape or (unet.num_classes and unet.num_classes != len(info.class_names)):
+        raise CheckpointError(f"{path}: its dataset record ({info.describe()}) does not fit its U-Net "
+                              f"({unet.in_channels}×{unet.image_size}² images, {unet.num_classes} classes)")
+    return info
+
+
+def _class_counts(counts, num_classes: int, path: Path) -> list[int] | None:
+    if counts is None or not num_classes:
         return None
-    if (not isinstance(counts, list) or len(counts) != NUM_CLASSES
+    if (not isinstance(counts, list) or len(counts) != num_classes
             or not all(isinstance(c, int) and c >= 0 for c in counts) or not sum(counts)):
-        raise CheckpointError(f"{path}: class_counts is not {NUM_CLASSES} counts of training images")
+        raise CheckpointError(f"{path}: class_counts is not {num_classes} counts of training images")
     return counts
 
 

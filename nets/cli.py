@@ -19,7 +19,9 @@ import torch
 
 from nets import device as devices
 from nets import fields
-from nets.data import MNIST_ERRORS, MnistArrays, load_mnist
+from nets.data import MNIST_ERRORS, ImageSet, MnistArrays, load_dataset, load_mnist
+from nets.data.dataset import DATA_ERRORS
+from nets.fields import ConfigError
 
 T = TypeVar("T")
 
@@ -100,7 +102,6 @@ def library_call(call: Callable[[], T], ctrl_c: str, checkpoint_flag: str = "") 
     0 says why); a run stopped by a signal returns (None, 130 or 143) after its message; Ctrl-C
     before the loop exits 130 with ``ctrl_c``."""
     from nets.checkpoint import CheckpointError
-    from nets.fields import ConfigError
     from nets.training.fit import RunInterrupted
     from nets.training.loop import TrainingFailed
 
@@ -189,10 +190,10 @@ def add_device(p: argparse.ArgumentParser, default: str = "auto") -> None:
     p.add_argument("--device", default=default, help=devices.DEVICE_HELP)
 
 
-def add_data_dir(p: argparse.ArgumentParser, help: str = "folder with the MNIST IDX files "
+def add_data_dir(p: argparse.ArgumentParser, help: str = "folder with a named dataset's files "
                  "(downloaded there if missing)") -> None:
     p.add_argument("--data-dir", type=directory, default=None,
-                   help=f"{help}; default: $DDPM_DATA_DIR or ~/.cache/ddpm/mnist")
+                   help=f"{help}; default: ~/.cache/ddpm/<name> (for MNIST $DDPM_DATA_DIR first)")
 
 
 def add_precision(p: argparse.ArgumentParser, note: str, default: str = "auto") -> None:
@@ -215,6 +216,16 @@ def autocast_from_flag(precision: str, device: torch.device) -> torch.dtype | No
         return devices.autocast_dtype(precision, device)
     except ValueError as err:
         fail(f"--precision {precision}: {err}")
+
+
+def dataset_or_exit(dataset: str, data_dir: str | os.PathLike | None, split: str) -> ImageSet:
+    """A dataset's split (a folder: its images), or exit 2 with the loader's one line."""
+    try:
+        return load_dataset(dataset, data_dir, split)
+    except DATA_ERRORS as err:
+        fail(str(err))
+    except ConfigError as err:
+        fail(f"{flag_of(err.field)}: {err.reason}")
 
 
 def mnist_or_exit(data_dir: str | os.PathLike | None, split: str, limit: int | None = None,

@@ -1,4 +1,4 @@
-"""Edit real digits with a trained model: ``python -m nets.edit {invert,interpolate,inpaint}``.
+"""Edit real images with a trained model: ``python -m nets.edit {invert,interpolate,inpaint}``.
 
     invert       real digits → x_T by deterministic DDIM inversion (--steps K), decoded back;
                  the .npz holds images (originals), latents (float32), reconstructions, and the
@@ -7,11 +7,13 @@
                  inverted latents): slerp of x_T, --frames F decoded in order (images).
     inpaint      one digit (--index i) with a --mask (or --mask-file) of known pixels: --n
                  completions (images), with RePaint resampling (--resample R); original and
-                 known (bool 28×28) saved; the known pixels come back exactly as given.
+                 known (bool H×W) saved; the known pixels come back exactly as given.
 
-Each writes --out FILE.npz (uint8 images plus the arrays above) and a PNG figure beside it. On a
-conditional checkpoint --digit and --guidance decode under that label ("turn this 3 into an 8")
-or constrain the completion. Bad input exits 2 with one line naming the problem.
+The real images are those of the dataset the checkpoint records (--dataset edits another of the
+same shape); masks scale with the image. Each writes --out FILE.npz (uint8 images plus the arrays
+above) and a PNG figure beside it. On a conditional checkpoint --class (--digit on MNIST) and
+--guidance decode under that label ("turn this 3 into an 8") or constrain the completion. Bad
+input exits 2 with one line naming the problem.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 
 from nets import cli, figures
 from nets.checkpoint import CheckpointError, load_model
+from nets.data.dataset import DATA_ERRORS
 from nets.editing.inpaint import InpaintSettings
 from nets.editing.inversion import round_trip_error
 from nets.editing.masks import MASKS, mask_from_png, named_mask
@@ -65,13 +68,18 @@ def build_parser() -> cli.Parser:
         cli.add_device(s)
         cli.add_seed(s, "seed of every random draw")
         cli.add_precision(s, "The updates stay fp32")
+        s.add_argument("--dataset", help="the real images to edit: a dataset name or a folder (default: "
+                       "the one the checkpoint was trained on; it must have the model's image shape)")
         cli.add_data_dir(s)
-        s.add_argument("--split", choices=["train", "test"], default="test", help="the real digits' split")
+        s.add_argument("--split", choices=["train", "test"], default="test",
+                       help="the real images' split (of a named dataset)")
         s.add_argument("--out", type=Path, default=Path(f"{name}.npz"),
                        help="the .npz (a .png figure beside it)")
         s.add_argument("--steps", type=cli.int_at_least(2), default=50 if name != "inpaint" else 100,
                        help="DDIM steps K (invert, interpolate) or respaced DDPM steps (inpaint)")
-        s.add_argument("--digit", help="conditional checkpoints: the label to decode or complete under, 0-9")
+        s.add_argument("--class", "--digit", dest="label",
+                       help="conditional checkpoints: the class to decode or complete under, by name or "
+                       "index (an MNIST digit 0-9; --digit is the same flag)")
         s.add_argument("--guidance", type=cli.float_in(float("-inf"), float("inf"), high_open=True),
                        help="conditional checkpoints: classifier-free guidance w (1: plain conditional)")
         s.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -87,7 +95,8 @@ def build_parser() -> cli.Parser:
             s.add_argument("--mask", choices=MASKS, default="left",
                            help="known pixels: left/right/top/bottom half, all but the center, a random half")
             s.add_argument("--mask-file", type=cli.existing_path,
-                           help="a 28×28 black-and-white PNG, white = known (instead of --mask)")
+                           help="a black-and-white PNG of the model's image size, white = known "
+                           "(instead of --mask)")
             s.add_argument("--n", type=cli.positive_int, default=8, help="completions")
             s.add_argument("--resample", type=cli.positive_int, default=5,
                            help="RePaint resampling: each step taken R times, jumping back in between")
@@ -97,7 +106,7 @@ def build_parser() -> cli.Parser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    inputs = check_inputs(parser, args)  # every bad value exits here, before the model loads
+    check_flags(parser, args)  # every bad value exits here, before the model loads
     cli.warnings_as_lines()
     device = cli.device_from_flag(args.device)
     amp = cli.autocast_from_flag(args.precision, device)
@@ -106,9 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as err:
         cli.fail(f"--checkpoint: {err}")
     try:
-        pipe.edit_options(1, args.digit, args.guidance)  # the label and guidance this model takes
+        pipe.edit_options(1, args.label, args.guidance)  # the label and guidance this model takes
     except ValueError as err:
-        cli.fail(f"--digit/--guidance: {err}")
+        cli.fail(f"--class/--guidance: {err}")
+    inputs = read_inputs(pipe, args)
     print(f"model: {pipe.describe()}", file=sys.stderr)
     run = {"invert": run_invert, "interpolate": run_interpolate, "inpaint": run_inpaint}[args.command]
     arrays, rows = run(pipe, args, inputs)
@@ -121,72 +131,90 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def check_inputs(parser: cli.Parser, args) -> dict:
-    """The real digits and the mask the command needs, or exit 2 naming the flag."""
+def check_flags(parser: cli.Parser, args) -> None:
+    """Exit 2 naming the flag for a value that needs no model to be wrong."""
     if args.out.suffix != ".npz":
         parser.error(f"argument --out: must end in .npz, got {args.out.name!r}")
-    inputs = {}
     if args.command == "interpolate":
         if (args.seeds is None) == (args.index is None):
             cli.fail("--seeds/--index: give exactly one of --seeds A,B and --index I,J")
         if args.index is not None and len(args.index) != 2:
             cli.fail(f"--index: interpolate takes two digits, got {len(args.index)}")
+    if args.command == "inpaint" and len(args.index) != 1:
+        cli.fail(f"--index: inpaint completes one image, got {len(args.index)}")
+
+
+def read_inputs(pipe: Pipeline, args) -> dict:
+    """The real images and the mask the command needs, at the model's size, or exit 2 naming the flag."""
+    inputs = {}
     if args.command == "inpaint":
-        if len(args.index) != 1:
-            cli.fail(f"--index: inpaint completes one digit, got {len(args.index)}")
+        size = pipe.shape[1]
         try:
-            known = mask_from_png(args.mask_file) if args.mask_file else named_mask(args.mask, args.seed)
-            inputs["known"] = known
+            inputs["known"] = mask_from_png(args.mask_file, size) if args.mask_file else \
+                named_mask(args.mask, args.seed, size)
         except ValueError as err:
             cli.fail(f"--mask-file: {err}")
     if args.index is not None:
-        inputs["digits"] = real_digits(args, args.index)
+        inputs["digits"] = real_images(pipe, args, args.index)
     return inputs
 
 
-def real_digits(args, indices: list[int]) -> np.ndarray:
-    arrays = cli.mnist_or_exit(args.data_dir, args.split)
-    bad = [i for i in indices if i >= len(arrays.images)]
+def real_images(pipe: Pipeline, args, indices: list[int]) -> np.ndarray:
+    """Images ``indices`` of the dataset (the checkpoint's, or --dataset), in the model's shape."""
+    try:
+        real = pipe.real_images(args.split, args.data_dir, dataset=args.dataset)
+    except DATA_ERRORS as err:
+        cli.fail(str(err))
+    except ValueError as err:
+        cli.fail(f"--dataset: {err}")
+    bad = [i for i in indices if i >= len(real)]
     if bad:
-        cli.fail(f"--index: {bad[0]} is out of range: MNIST {args.split} has {len(arrays.images)} digits (0-"
-                 f"{len(arrays.images) - 1})")
-    return np.asarray(arrays.images[indices])
+        cli.fail(f"--index: {bad[0]} is out of range: {real.info.title} {args.split} has {len(real)} "
+                 f"images (0-{len(real) - 1})")
+    return np.asarray(real.images[indices])
 
 
 def run_invert(pipe: Pipeline, args, inputs) -> tuple[dict, list]:
     originals = inputs["digits"]
-    digit, guidance = args.digit, args.guidance  # digit None: a conditional model's "no label"
+    digit, guidance = args.label, args.guidance  # None: a conditional model's "no label"
     latents = pipe.invert(originals, steps=args.steps, digit=digit, guidance=guidance)
     back = pipe.decode(latents, steps=args.steps, digit=digit, guidance=guidance)
     errors = round_trip_error(originals, back)
     for i, e in zip(args.index, errors, strict=True):
-        print(f"digit {i}: round-trip RMS error {e:.4f}", file=sys.stderr)
-    print(f"round trip over {len(originals)} digits, K = {args.steps}: mean RMS error {errors.mean():.4f} "
+        print(f"image {i}: round-trip RMS error {e:.4f}", file=sys.stderr)
+    print(f"round trip over {len(originals)} images, K = {args.steps}: mean RMS error {errors.mean():.4f} "
           f"(on [0, 1] pixels)", file=sys.stderr)
-    lat = latents.float().cpu().numpy()[:, 0]
-    arrays = {"images": originals, "latents": lat.astype(np.float32), "reconstructions": back,
+    lat = layout_latents(latents)
+    arrays = {"images": originals, "latents": lat, "reconstructions": back,
               "round_trip_error": errors, "index": np.asarray(args.index), "steps": np.int64(args.steps)}
     shown = images_to_uint8(np.clip(lat / 3.0, -1, 1))  # ±3σ of the latent as black..white
     return arrays, [("original", originals), ("latent", shown), ("decoded", back)]
 
 
 def run_interpolate(pipe: Pipeline, args, inputs) -> tuple[dict, list]:
-    digit, guidance = args.digit, args.guidance  # digit None: a conditional model's "no label"
+    digit, guidance = args.label, args.guidance  # None: a conditional model's "no label"
     ends = args.seeds if args.seeds is not None else list(inputs["digits"])
     frames, path = pipe.interpolate(ends[0], ends[1], frames=args.frames, steps=args.steps, digit=digit,
                                     guidance=guidance)
-    arrays = {"images": frames, "latents": path.float().cpu().numpy()[:, 0]}
+    arrays = {"images": frames, "latents": layout_latents(path)}
     return arrays, [("slerp path", frames)]
 
 
 def run_inpaint(pipe: Pipeline, args, inputs) -> tuple[dict, list]:
     known, original = inputs["known"], inputs["digits"][0]
-    digit, guidance = args.digit, args.guidance  # digit None: a conditional model's "no label"
+    digit, guidance = args.label, args.guidance  # None: a conditional model's "no label"
     settings = InpaintSettings(args.n, args.steps, args.resample, args.progress)
     images = pipe.inpaint(original, known, settings=settings, digit=digit, guidance=guidance, seed=args.seed)
-    masked = np.where(known, original, 64).astype(np.uint8)  # unknown pixels shown grey
+    shown = known if original.ndim == 2 else known[..., None]
+    masked = np.where(shown, original, 64).astype(np.uint8)  # unknown pixels shown grey
     arrays = {"images": images, "original": original, "known": known, "index": np.int64(args.index[0])}
     return arrays, [("original, masked", np.stack([original, masked])), ("completions", images)]
+
+
+def layout_latents(latents) -> np.ndarray:
+    """Latents (N, C, H, W) as float32 in the pixel layout: (N, H, W) for one channel, else (N, H, W, C)."""
+    lat = latents.float().cpu().numpy()
+    return (lat[:, 0] if lat.shape[1] == 1 else np.moveaxis(lat, 1, -1)).astype(np.float32)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,16 @@
-"""Evaluate generated digits: ``python -m nets.evaluate``.
+"""Evaluate generated images: ``python -m nets.evaluate``.
 
     python -m nets.evaluate --samples FILE.npz --data-dir DIR --split SPLIT [--json PATH]
-        [--classifier PATH] [--checkpoint RUN --nll-images N]
+        [--classifier PATH] [--checkpoint RUN --nll-images N] [--dataset NAME_OR_FOLDER]
     python -m nets.evaluate --calibrate --data-dir DIR --split SPLIT [--json PATH]
 
+The real images are those of the dataset the checkpoint records (else --dataset, default MNIST).
 Metrics (docs/evaluation.md gives their calibrated ranges):
   * Fréchet distance between generated and real images in the 128-d penultimate features of
-    the project's MNIST classifier (``nets.train_classifier``): FID's formula in another space.
-  * Share of digits the classifier recognises with confidence ≥ 0.9, mean confidence,
-    predicted-class histogram and its entropy (ln 10 ≈ 2.303 when balanced).
+    the project's classifier of that dataset (``nets.train_classifier``): FID's formula in another
+    space. An unlabelled dataset has no classifier, so no judge: it exits 2 saying so.
+  * Share of images the classifier recognises with confidence ≥ 0.9, mean confidence,
+    predicted-class histogram and its entropy (ln K when balanced: ln 10 ≈ 2.303 for MNIST).
   * Memorisation: median pixel-L2 distance ([0, 1] pixels) from each sample to its nearest
     training image, against the same for real images the model never saw; the ratio.
   * With ``--checkpoint``: NLL in bits/dim of real images under the variational bound of Ho
@@ -39,7 +41,9 @@ from nets.evaluation.scoring import (
     ClassifierMissing,
     EvaluationReport,
     Judge,
+    RealData,
     ScoreOptions,
+    check_samples,
     make_judge,
     score_samples,
 )
@@ -50,18 +54,21 @@ from nets.pipeline import Pipeline
 def build_parser() -> cli.Parser:
     p = cli.Parser(prog="python -m nets.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--samples", type=Path, help="the .npz written by nets.sample (uint8 "
-                   "'images' (N, 28, 28))")
+                   "'images' (N, H, W) or (N, H, W, 3))")
     p.add_argument("--calibrate", action="store_true",
                    help="instead of samples: the metrics of real, blurred, noisy and noise "
                         "images (the docs/evaluation.md table)")
+    p.add_argument("--dataset", help="the real images to compare with: a dataset name or a labelled "
+                   "folder (default: the one --checkpoint was trained on, else mnist)")
     cli.add_data_dir(p)
     p.add_argument("--split", choices=["train", "test"], default="test",
-                   help="real images to compare with")
+                   help="real images to compare with (of a named dataset; a folder is one split)")
     p.add_argument("--json", type=Path, help="write the results here (default: beside the "
                    "samples as <name>.eval.json; calibration: no file)")
     p.add_argument("--classifier", type=Path, default=None,
-                   help="the classifier file (default: $DDPM_CLASSIFIER or "
-                        "~/.cache/ddpm/classifier.pt); trained and saved there if missing")
+                   help="the classifier file (default for MNIST: $DDPM_CLASSIFIER or "
+                        "~/.cache/ddpm/classifier.pt; for another dataset one file per dataset in "
+                        "~/.cache/ddpm/classifiers/); trained and saved there if missing")
     p.add_argument("--no-train-classifier", dest="train_classifier", action="store_false",
                    help="if the classifier is missing, exit 2 with the command to train it")
     p.add_argument("--checkpoint", type=cli.existing_path,
@@ -99,10 +106,16 @@ def write_json(report: dict, path: Path) -> None:
     print(f"results written to {path}", file=sys.stderr)
 
 
-def judge_or_exit(args, device: torch.device) -> Judge:
+def judge_or_exit(args, device: torch.device, loaded: LoadedModel | None) -> Judge:
     """The real split and the classifier (trained first if missing), or exit naming the flag."""
+    if loaded is not None and args.dataset in (None, loaded.dataset.name):
+        real = RealData.of_model(loaded, args.data_dir, args.split)
+    else:
+        real = RealData(args.dataset or "mnist", None if args.data_dir is None else str(args.data_dir),
+                        args.split)
     try:
-        return make_judge(args.data_dir, args.split, args.classifier, args.train_classifier, device)
+        return make_judge(classifier=args.classifier, train_missing=args.train_classifier, device=device,
+                          real=real)
     except MNIST_ERRORS as err:
         cli.fail(str(err))
     except ClassifierMissing as err:
@@ -113,6 +126,8 @@ def judge_or_exit(args, device: torch.device) -> Judge:
         cli.fail(f"--classifier: {err}")
     except OSError as err:
         cli.fail(f"--classifier: cannot write {err.filename or 'the classifier'}: {err.strerror or err}")
+    except ValueError as err:  # an unknown dataset, or one without labels
+        cli.fail(f"--dataset: {err}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             loaded = load_model(args.checkpoint, args.weights, device)
         except CheckpointError as err:
             cli.fail(f"--checkpoint: {err}")
-    judge = judge_or_exit(args, device)
+    judge = judge_or_exit(args, device, loaded)
     if args.calibrate:
         report = calibrate(judge.real.images, judge.real_features, judge.classifier, args.seed, device,
                            progress=lambda name: print(f"  {name}: done", file=sys.stderr, flush=True))
@@ -157,6 +172,11 @@ def score_or_exit(args, judge: Judge, loaded: LoadedModel | None, samples: tuple
     """The samples' report: ``Pipeline.evaluate`` with --checkpoint (one code path with the
     Python API), else against the split alone; exit 2 naming the problem."""
     images, labels, about = samples
+    info = judge.real.info
+    try:
+        check_samples(images, labels, info.shape, len(info.class_names))
+    except ValueError as err:
+        cli.fail(f"--samples: {err}; the real images are {info.describe()}")
     nll_images = DEFAULT_NLL_IMAGES if args.nll_images is None else args.nll_images
     options = ScoreOptions(args.seed, args.train_images, nll_images, args.nll_batch_size)
     try:
@@ -166,7 +186,7 @@ def score_or_exit(args, judge: Judge, loaded: LoadedModel | None, samples: tuple
     except MNIST_ERRORS as err:
         cli.fail(str(err))
     except ValueError as err:
-        cli.fail(f"--checkpoint: its config's --limit/--holdout do not fit MNIST {args.split}: {err}")
+        cli.fail(f"--checkpoint: its config's --limit/--holdout do not fit {info.title} {args.split}: {err}")
 
 
 if __name__ == "__main__":

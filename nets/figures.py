@@ -15,11 +15,12 @@ from nets.files import atomic_write  # noqa: E402
 
 
 def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.ndarray:
-    """Tile uint8 images (N, H, W) into one (rows·(H+pad)+pad, cols·(W+pad)+pad) uint8 array."""
-    n, h, w = images.shape
+    """Tile uint8 images (N, H, W) or (N, H, W, 3) into one (rows·(H+pad)+pad, cols·(W+pad)+pad)
+    uint8 array (with the images' trailing colour axis)."""
+    n, h, w = images.shape[:3]
     ncol = nrow or math.ceil(math.sqrt(n))
     nrows = math.ceil(n / ncol)
-    grid = np.zeros((nrows * (h + pad) + pad, ncol * (w + pad) + pad), dtype=np.uint8)
+    grid = np.zeros((nrows * (h + pad) + pad, ncol * (w + pad) + pad, *images.shape[3:]), dtype=np.uint8)
     for i, img in enumerate(images):
         r, c = divmod(i, ncol)
         grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = img
@@ -27,10 +28,16 @@ def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.
 
 
 def save_grid(images: np.ndarray, path: Path, ncol: int | None = None, scale: int = 3) -> None:
-    """F2: a grid of generated digits as a PNG (white digits on black, as MNIST)."""
+    """F2: a grid of generated images as a PNG (grey ones white on black, as MNIST; colour ones
+    in colour)."""
     grid = image_grid(images, ncol)
-    grid = np.kron(grid, np.ones((scale, scale), dtype=np.uint8))  # nearest-neighbour upscale
-    atomic_write(path, lambda f: plt.imsave(f, grid, cmap="gray", vmin=0, vmax=255, format="png"))
+    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)  # nearest-neighbour upscale
+    atomic_write(path, lambda f: plt.imsave(f, grid, format="png", **gray_or_colour(grid)))
+
+
+def gray_or_colour(image: np.ndarray) -> dict:
+    """imshow/imsave's arguments for a uint8 image: the grey colour map for (H, W), none for RGB."""
+    return {"cmap": "gray", "vmin": 0, "vmax": 255} if image.ndim == 2 else {}
 
 
 def smoothed(values: np.ndarray, beta: float = 0.98) -> np.ndarray:
@@ -69,31 +76,33 @@ def plot_loss(steps: np.ndarray, losses: np.ndarray, epochs: np.ndarray, path: P
 def plot_reverse(snapshots: np.ndarray, steps: list[int], path: Path) -> None:
     """F3: chains (rows) from pure noise (left, t = T) to the digit (right, t = 0).
 
-    ``snapshots`` is uint8 (S, N, H, W): S moments of N chains; ``steps`` labels each column.
+    ``snapshots`` is uint8 (S, N, H, W) or (S, N, H, W, 3): S moments of N chains; ``steps``
+    labels each column.
     """
     s, n = snapshots.shape[:2]
     fig, axes = plt.subplots(n, s, figsize=(s * 0.9, n * 0.9 + 0.3), squeeze=False)
     for col in range(s):
         for row in range(n):
             ax = axes[row, col]
-            ax.imshow(snapshots[col, row], cmap="gray", vmin=0, vmax=255)
+            ax.imshow(snapshots[col, row], **gray_or_colour(snapshots[col, row]))
             ax.set_xticks([])
             ax.set_yticks([])
         axes[0, col].set_title(f"t={steps[col]}", fontsize=8)
-    fig.suptitle("Reverse diffusion: noise → digit", fontsize=10)
+    fig.suptitle("Reverse diffusion: noise → image", fontsize=10)
     fig.tight_layout()
     _save(fig, path, dpi=100)
 
 
 def save_digit_rows(path: Path, rows: list[tuple[str, np.ndarray]], title: str | None = None,
                     fontsize: int = 8) -> None:
-    """One row of uint8 digits (N, 28, 28) per (label, images) of ``rows``, labelled on the left:
+    """One row of uint8 images (N, H, W[, 3]) per (label, images) of ``rows``, labelled on the left:
     the editing figures (original / latent / decoded) and the studies' sample rows."""
     width = max(len(images) for _, images in rows)
     fig, axes = plt.subplots(len(rows), 1, figsize=(max(4, width * 0.45), 0.68 * len(rows) + 0.4),
                              squeeze=False)
     for ax, (label, images) in zip(axes[:, 0], rows, strict=True):
-        ax.imshow(image_grid(np.asarray(images), len(images)), cmap="gray", vmin=0, vmax=255)
+        grid = image_grid(np.asarray(images), len(images))
+        ax.imshow(grid, **gray_or_colour(grid))
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=fontsize)

@@ -2,7 +2,7 @@
 
     import nets
     pipe = nets.load("runs/<name>")                     # EMA weights; device, precision: auto
-    digits = pipe.sample(16, digit=7, guidance=2).images  # (16, 28, 28) uint8, 0 black, 255 white
+    digits = pipe.sample(16, label=7, guidance=2).images  # (16, 28, 28) uint8, 0 black, 255 white
     fast = pipe.sample(1000, sampler=nets.SamplerSettings("dpmpp-2m", steps=10), seed=1)
     latents = pipe.invert(digits)                       # DDIM inversion; pipe.decode(latents)
     report = pipe.evaluate(fast.images, data_dir="../shared/data/mnist")
@@ -23,19 +23,21 @@ import numpy as np
 import torch
 
 from nets.checkpoint import LoadedModel, load_model
+from nets.data import ImageSet, load_dataset
 from nets.device import autocast_dtype, describe_precision, pick_device, precision_name
 from nets.editing.inpaint import InpaintSettings, inpaint
 from nets.editing.inversion import decode, interpolate, invert
 from nets.evaluation.scoring import (
     EvaluationReport,
     Judge,
+    RealData,
     ScoreOptions,
     check_samples,
     make_judge,
     score_samples,
 )
 from nets.fields import ConfigError
-from nets.pixels import IMAGE_SHAPE, IMAGE_SIZE, NUM_CLASSES, images_to_uint8, to_training_tensor
+from nets.pixels import check_layout, images_to_uint8, to_training_tensor
 from nets.sampling.batches import Generated, generate
 from nets.sampling.guidance import AutoGuided, check_guide_matches
 from nets.sampling.settings import (
@@ -51,7 +53,7 @@ from nets.sampling.settings import (
 
 DEFAULT_AUTOGUIDANCE = 2.0
 EDIT_STEPS = 50  # DDIM steps of inversion and decoding
-DIGIT_REQUESTS = ("all", "frequencies")  # besides a digit 0-9
+LABEL_REQUESTS = ("all", "frequencies")  # besides a class (its name or index)
 
 
 class DistilledStepsWarning(UserWarning):
@@ -89,6 +91,16 @@ class Pipeline:
     @property
     def conditional(self) -> bool:
         return self.loaded.conditional
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the model's images."""
+        return self.loaded.model.config.image_shape
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The names of the classes a conditional model is asked for (the dataset's)."""
+        return self.loaded.dataset.class_names
 
     @property
     def net(self) -> Network:
@@ -148,30 +160,33 @@ class Pipeline:
 
     # ---- sampling -----------------------------------------------------------------------------
 
-    def sample(self, n: int = 64, *, digit: int | str | None = None, guidance: float | None = None,
+    def sample(self, n: int = 64, *, label: int | str | None = None, guidance: float | None = None,
                sampler: SamplerSettings | None = None, seed: int = 0,
-               options: SampleOptions | None = None) -> Generated:
-        """``n`` digits (``.images`` (n, 28, 28) uint8, ``.labels`` of a conditional model,
-        ``.as_tensor()`` in [-1, 1]) from the reverse chain of ``sampler`` (default
+               options: SampleOptions | None = None, digit: int | str | None = None) -> Generated:
+        """``n`` images (``.images`` uint8 (n, H, W), or (n, H, W, 3) for colour; ``.labels`` of a
+        conditional model; ``.as_tensor()`` in [-1, 1]) from the reverse chain of ``sampler`` (default
         :attr:`default_sampler`: SDE-DPM-Solver++ 2M at 20 steps, the best measured per network
         call, or a distilled student's own DDIM steps; ``SamplerSettings("ddpm")`` is the paper's
         chain over all T), seeded by ``seed``. A distilled student run on another chain warns
         (:class:`DistilledStepsWarning`).
 
-        A conditional model is asked for ``digit``: 0-9, "all" (0, 1, ..., 9 in turn) or
-        "frequencies" (drawn from its training class frequencies: p(x); the default where the
-        checkpoint records them, else "all"), with classifier-free guidance w = ``guidance``
-        (1: the plain conditional model). An unconditional model takes neither.
+        A conditional model is asked for ``label``: a class of its dataset by name ("sneaker") or
+        index (7; for MNIST the digit), "all" (each class in turn) or "frequencies" (drawn from its
+        training class frequencies: p(x); the default where the checkpoint records them, else
+        "all"), with classifier-free guidance w = ``guidance`` (1: the plain conditional model).
+        ``digit`` is the same as ``label`` (its name before datasets other than MNIST). An
+        unconditional model takes neither.
         """
         if not isinstance(n, int | np.integer) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
+        label = _one_label(label, digit)
         sampler = sampler or self.default_sampler
         options = options or SampleOptions(progress=self.progress)
         coeffs = self._coefficients(sampler)
         self._warn_off_steps(sampler)
-        cond = self.conditioning(n, digit, guidance, seed)
+        cond = self.conditioning(n, label, guidance, seed)
         generated = generate(self.net, coeffs, n, seed, cond, options)
-        generated.settings = {**sampler.record(coeffs.num_steps), **self._record(digit, cond), "seed": seed,
+        generated.settings = {**sampler.record(coeffs.num_steps), **self._record(label, cond), "seed": seed,
                               "batch_size": options.batch_size, "cuda_graph": options.cuda_graph}
         return generated
 
@@ -179,37 +194,47 @@ class Pipeline:
         """``sampler`` on this model in one line (its step count resolved against T)."""
         return sampler.describe(self._coefficients(sampler).num_steps)
 
-    def conditioning(self, n: int, digit: int | str | None = None, guidance: float | None = None,
+    def conditioning(self, n: int, label: int | str | None = None, guidance: float | None = None,
                      seed: int = 0) -> Conditioning:
         """The labels and guidance of ``n`` samples (see :meth:`sample`); "frequencies" draws the
         labels with ``seed``."""
         if self.guide is not None and guidance is not None:
             raise ConfigError("guidance", "an autoguided model's weight is set by with_guide, not guidance")
-        if not self._takes_labels(digit, guidance):
+        if not self._takes_labels(label, guidance):
             return Conditioning()
-        request = self._digit_request(digit)
+        request = self._label_request(label)
         if request == "frequencies":
             if self.loaded.class_counts is None:
-                raise ConfigError("digit", f"{self.loaded.path} does not record its training set's "
-                                  f"class counts (written by an older version); ask for digit 'all' "
-                                  f"(--digit all)")
+                raise ConfigError("label", f"{self.loaded.path} does not record its training set's "
+                                  f"class counts (written by an older version); ask for 'all' "
+                                  f"(--class all)")
             labels = labels_from_frequencies(n, self.loaded.class_counts, seed)
         else:
-            labels = class_labels(n, request)
+            labels = class_labels(n, request if request == "all" else self.class_index(request),
+                                  len(self.class_names))
         return Conditioning(labels, None if self.guide is not None else guidance)
 
-    def _digit_request(self, digit: int | str | None) -> str:
-        """"0"-"9", "all" or "frequencies"; the default: frequencies where counts are recorded."""
-        if digit is None:
-            return "all" if self.loaded.class_counts is None else "frequencies"
-        return _digit_text(digit, DIGIT_REQUESTS)
+    def class_index(self, label: int | str) -> int:
+        """The index of the class ``label`` names: a class name of the dataset (first), else an
+        index 0..K-1; ConfigError("label") listing the classes otherwise."""
+        return class_index(label, self.class_names)
 
-    def _takes_labels(self, digit, guidance) -> bool:
-        """Whether the model is conditional; an unconditional one refuses a digit or guidance."""
-        if not self.conditional and (digit is not None or guidance is not None):
-            which = "digit" if digit is not None else "guidance"
+    def _label_request(self, label: int | str | None) -> str:
+        """A class, "all" or "frequencies"; the default: frequencies where counts are recorded."""
+        if label is None:
+            return "all" if self.loaded.class_counts is None else "frequencies"
+        text = str(label)
+        if text not in LABEL_REQUESTS:
+            self.class_index(text)
+        return text
+
+    def _takes_labels(self, label, guidance) -> bool:
+        """Whether the model is conditional; an unconditional one refuses a class or guidance."""
+        if not self.conditional and (label is not None or guidance is not None):
+            which = "label" if label is not None else "guidance"
             raise ConfigError(which, f"{self.loaded.path} is an unconditional model (trained without "
-                              f"--conditional); it cannot be asked for a digit or guidance")
+                              f"--conditional or on unlabelled images); it cannot be asked for a class "
+                              f"or guidance")
         return self.conditional
 
     def _label(self, label: str) -> str | None:
@@ -218,14 +243,16 @@ class Pipeline:
     def _coefficients(self, sampler: SamplerSettings) -> DeviceCoefficients:
         return DeviceCoefficients(sampler.table(self.loaded.diffusion.schedule)).to(self.device)
 
-    def _record(self, digit, cond: Conditioning) -> dict:
+    def _record(self, label, cond: Conditioning) -> dict:
         """What the samples were asked of which model, as saved beside them."""
         m = self.loaded
         out = {"weights": m.weights, "checkpoint": str(m.path), "checkpoint_step": m.step,
                "device": str(self.device), "precision": precision_name(self.autocast_dtype)}
+        out["dataset"] = m.dataset.name
         if self.conditional:
             out["guidance"] = 1.0 if cond.guidance is None else float(cond.guidance)
-            out["digit"] = self._digit_request(digit)
+            out["label"] = self._label_request(label)
+            out["class_names"] = list(self.class_names)
         if self.guide is not None:
             out.update(guide_model=str(self.guide.path), guide_step=self.guide.step,
                        autoguidance=self.guide_weight)
@@ -233,22 +260,23 @@ class Pipeline:
 
     # ---- editing real digits ------------------------------------------------------------------
 
-    def invert(self, images: np.ndarray, *, steps: int = EDIT_STEPS, digit: int | None = None,
+    def invert(self, images: np.ndarray, *, steps: int = EDIT_STEPS, digit: int | str | None = None,
                guidance: float | None = None) -> torch.Tensor:
-        """uint8 digits (N, 28, 28) → their latents x_T (N, 1, 28, 28) by deterministic DDIM
-        inversion over ``steps``; :meth:`decode` takes them back. ``digit``/``guidance``: the
-        label (and CFG w) of a conditional model, else its "no label"."""
-        x0 = to_training_tensor(_check_digits(images, "images"), self.device)
+        """uint8 images in the pixel layout (N, H, W[, 3]) → their latents x_T (N, C, H, W) by
+        deterministic DDIM inversion over ``steps``; :meth:`decode` takes them back.
+        ``digit``/``guidance``: the class (and CFG w) of a conditional model, else its "no label"."""
+        x0 = to_training_tensor(self.check_images(images, "images"), self.device)
         self._warn_off_steps(SamplerSettings("ddim", steps=_check_steps(steps)))
         options = replace(self.edit_options(len(x0), digit, guidance), progress=self._label("inverting step"))
         with torch.inference_mode():
             return invert(self.net, x0, _check_steps(steps), options)
 
-    def decode(self, latents: torch.Tensor, *, steps: int = EDIT_STEPS, digit: int | None = None,
+    def decode(self, latents: torch.Tensor, *, steps: int = EDIT_STEPS, digit: int | str | None = None,
                guidance: float | None = None) -> np.ndarray:
-        """Latents x_T (N, 1, 28, 28) → uint8 digits (N, 28, 28) by DDIM (η = 0) over ``steps``."""
-        if latents.ndim != 4 or tuple(latents.shape[1:]) != IMAGE_SHAPE:
-            raise ValueError(f"latents must have shape (N, 1, 28, 28), got {tuple(latents.shape)}")
+        """Latents x_T (N, C, H, W) → uint8 images (N, H, W[, 3]) by DDIM (η = 0) over ``steps``."""
+        if latents.ndim != 4 or tuple(latents.shape[1:]) != self.shape:
+            raise ValueError(f"latents must have shape (N, {', '.join(map(str, self.shape))}), got "
+                             f"{tuple(latents.shape)}")
         self._warn_off_steps(SamplerSettings("ddim", steps=_check_steps(steps)))
         options = replace(self.edit_options(len(latents), digit, guidance),
                           progress=self._label("decoding step"))
@@ -257,14 +285,14 @@ class Pipeline:
         return images_to_uint8(out)
 
     def interpolate(self, a: int | np.ndarray, b: int | np.ndarray, *, frames: int = 9,
-                    steps: int = EDIT_STEPS, digit: int | None = None,
+                    steps: int = EDIT_STEPS, digit: int | str | None = None,
                     guidance: float | None = None) -> tuple[np.ndarray, torch.Tensor]:
-        """(uint8 frames (F, 28, 28), their latents (F, 1, 28, 28)): the slerp path from ``a`` to
-        ``b``, both seeds of x_T or both uint8 digits (28, 28) (then their inverted latents)."""
+        """(uint8 frames (F, H, W[, 3]), their latents (F, C, H, W)): the slerp path from ``a`` to
+        ``b``, both seeds of x_T or both uint8 images (then their inverted latents)."""
         if frames < 2:
             raise ValueError(f"frames must be >= 2 (the two ends), got {frames}")
         if isinstance(a, int | np.integer) and isinstance(b, int | np.integer):
-            ends = [torch.randn((1, *IMAGE_SHAPE), generator=torch.Generator(self.device).manual_seed(int(s)),
+            ends = [torch.randn((1, *self.shape), generator=torch.Generator(self.device).manual_seed(int(s)),
                                 device=self.device) for s in (a, b)]
         else:
             latents = self.invert(np.stack([np.asarray(a), np.asarray(b)]), steps=steps, digit=digit,
@@ -274,70 +302,99 @@ class Pipeline:
         return self.decode(path, steps=steps, digit=digit, guidance=guidance), path
 
     def inpaint(self, image: np.ndarray, known: np.ndarray, *, settings: InpaintSettings | None = None,
-                digit: int | None = None, guidance: float | None = None, seed: int = 0) -> np.ndarray:
-        """``settings.n`` completions (n, 28, 28) uint8 of the uint8 digit ``image`` (28, 28) whose
-        ``known`` (28, 28) bool pixels are kept exactly (RePaint, ``nets.editing.inpaint``)."""
+                digit: int | str | None = None, guidance: float | None = None, seed: int = 0) -> np.ndarray:
+        """``settings.n`` completions (n, H, W[, 3]) uint8 of the uint8 ``image`` (H, W[, 3])
+        whose ``known`` (H, W) bool pixels are kept exactly (RePaint, ``nets.editing.inpaint``)."""
         settings = settings or InpaintSettings(progress=self.progress)
         self._warn_off_steps(SamplerSettings("ddpm", steps=settings.steps))
-        image = _check_digits(np.asarray(image)[None], "image")[0]
+        image = self.check_images(np.asarray(image)[None], "image")[0]
         known = np.asarray(known)
-        if known.shape != (IMAGE_SIZE, IMAGE_SIZE) or known.dtype != bool:
-            raise ValueError(f"known must be a (28, 28) bool mask, got {known.dtype} {known.shape}")
+        if known.shape != self.shape[1:] or known.dtype != bool:
+            raise ValueError(f"known must be a {self.shape[1:]} bool mask, got {known.dtype} {known.shape}")
         gen = torch.Generator(device=self.device).manual_seed(seed)
         return inpaint(self.net, image, known, gen, settings,
                        self.edit_options(settings.n, digit, guidance))
 
-    def edit_options(self, n: int, digit: int | None, guidance: float | None) -> ChainOptions:
-        """The chain options of ``n`` edited images: a conditional model decodes under ``digit``
-        (CFG w = ``guidance``), or "no label"; an unconditional one refuses both (ValueError)."""
-        if not self._takes_labels(digit, guidance):
+    def edit_options(self, n: int, label: int | str | None, guidance: float | None) -> ChainOptions:
+        """The chain options of ``n`` edited images: a conditional model decodes under the class
+        ``label`` (CFG w = ``guidance``), or "no label"; an unconditional one refuses both."""
+        if not self._takes_labels(label, guidance):
             return ChainOptions()
-        if digit is None:
+        if label is None:
             if guidance is not None:
-                raise ConfigError("guidance", "needs a digit (the label to guide towards)")
-            return ChainOptions(y=torch.full((n,), NUM_CLASSES, device=self.device))
-        return ChainOptions(y=torch.full((n,), int(_digit_text(digit, ())), device=self.device),
+                raise ConfigError("guidance", "needs a class (the label to guide towards)")
+            return ChainOptions(y=torch.full((n,), len(self.class_names), device=self.device))
+        return ChainOptions(y=torch.full((n,), self.class_index(label), device=self.device),
                             guidance=None if guidance in (None, 1.0) else guidance)
+
+    def check_images(self, images: np.ndarray, what: str) -> np.ndarray:
+        """``images`` as uint8 in this model's pixel layout; ValueError naming both shapes."""
+        try:
+            return check_layout(images, what, self.shape)
+        except ValueError as err:
+            raise ValueError(f"{err}: this model was trained on {self.loaded.dataset.describe()}") from None
+
+    def real_images(self, split: str = "test", data_dir: str | os.PathLike | None = None, *,
+                    dataset: str | None = None) -> ImageSet:
+        """Real images of the dataset the checkpoint records, read as the run read them (its size
+        and channels; a named set's ``split`` from ``data_dir``, default the run's own), or of
+        ``dataset``, which must then have this model's image shape (ValueError naming both)."""
+        own = self.loaded.dataset
+        if dataset is None or dataset == own.name:
+            cfg = self.loaded.config
+            folder = data_dir if data_dir is not None else cfg.get("data_dir")
+            return load_dataset(own.name, folder, split, self.shape[1], self.shape[0])
+        other = load_dataset(dataset, data_dir, split)
+        if other.info.shape != self.shape:
+            raise ValueError(f"{other.info.describe()} does not have the image shape of this model, "
+                             f"trained on {own.describe()}")
+        return other
 
     # ---- evaluation ---------------------------------------------------------------------------
 
     def evaluate(self, images: np.ndarray | Generated, labels: np.ndarray | None = None, *,
                  judge: Judge | None = None, data_dir: str | os.PathLike | None = None,
                  options: ScoreOptions | None = None, about: dict | None = None) -> EvaluationReport:
-        """The report of uint8 ``images`` (N ≥ 2, 28, 28), or of what :meth:`sample` returned,
-        against the real digits this model never trained on (its checkpoint records them), the
-        real-vs-real floor at the same n beside them: Fréchet distance, recognised share,
-        memorisation (``nets.evaluation.scoring``); ``about``: how they were made, kept in the
-        report (a Generated brings its settings). The real digits are MNIST test of ``data_dir``
-        (default: the run's own, else $DDPM_DATA_DIR or the download cache): its held-out rows for
-        a model trained on test with --holdout, all of it for a model trained on train. ``judge``
-        (:func:`nets.evaluation.scoring.make_judge`; it holds the classifier, $DDPM_CLASSIFIER or
-        ~/.cache/ddpm/classifier.pt, trained first if missing) is reused across calls.
+        """The report of uint8 ``images`` (N ≥ 2, in the model's pixel layout), or of what
+        :meth:`sample` returned, against the real images this model never trained on (its
+        checkpoint records them), the real-vs-real floor at the same n beside them: Fréchet
+        distance, recognised share, memorisation (``nets.evaluation.scoring``); ``about``: how they
+        were made, kept in the report (a Generated brings its settings). The real images are the
+        test split of the dataset the checkpoint records, from ``data_dir`` (default: the run's
+        own, else the download cache), read as the run read them: its held-out rows for a model
+        trained on test (or on a folder) with --holdout, all of it for a model trained on train.
+        ``judge`` (:func:`nets.evaluation.scoring.make_judge`; it holds the classifier, trained on
+        that dataset first if missing) is reused across calls; an unlabelled dataset has none (ValueError).
         ``nets.evaluate --checkpoint`` is this call."""
         if isinstance(images, Generated):
             images, labels, about = images.images, images.labels, {**images.settings, **(about or {})}
-        check_samples(images, labels)  # before any data is read
+        check_samples(images, labels, self.shape, max(len(self.class_names), 1))  # before any data is read
         if judge is None:
-            own = data_dir if data_dir is not None else self.loaded.config.get("data_dir")
-            judge = make_judge(own, "test", device=self.device)
+            judge = make_judge(device=self.device, real=RealData.of_model(self.loaded, data_dir))
         return score_samples(judge, images, labels, self.loaded, options or ScoreOptions(), about)
 
 
-def _digit_text(digit: int | str, words: tuple[str, ...]) -> str:
-    """``digit`` as "0"-"9" or one of ``words`` ("all", "frequencies" where sampling takes them);
-    the one check of a requested digit."""
-    text = str(digit)
-    if text not in words and text not in [str(d) for d in range(NUM_CLASSES)]:
-        expected = "0-9" + "".join(f", {w}" for w in words[:-1]) + (f" or {words[-1]}" if words else "")
-        raise ConfigError("digit", f"expected {expected}, got {digit!r}")
-    return text
+def class_index(label: int | str, class_names: tuple[str, ...]) -> int:
+    """The index of the class ``label`` names among ``class_names``: a name (first; case
+    forgiven where unambiguous), else an index 0..K-1; the one check of a requested class."""
+    text = str(label).strip()
+    if text in class_names:
+        return class_names.index(text)
+    folded = [i for i, name in enumerate(class_names) if name.lower() == text.lower()]
+    if len(folded) == 1:
+        return folded[0]
+    if text.isdigit() and int(text) < len(class_names):
+        return int(text)
+    shown = ", ".join(class_names[:12]) + (", ..." if len(class_names) > 12 else "")
+    raise ConfigError("label", f"{label!r} is not a class of this model's dataset: a name ({shown}) or an "
+                      f"index 0-{len(class_names) - 1}, or all / frequencies when sampling")
 
 
-def _check_digits(images: np.ndarray, what: str) -> np.ndarray:
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-        raise ValueError(f"{what} must be uint8 digits (N, 28, 28), got {images.dtype} {images.shape}")
-    return images
+def _one_label(label: int | str | None, digit: int | str | None) -> int | str | None:
+    """``label``, or its synonym ``digit``; ConfigError where both are given."""
+    if label is not None and digit is not None:
+        raise ConfigError("label", "give label or its synonym digit, not both")
+    return digit if label is None else label
 
 
 def _check_steps(steps: int) -> int:

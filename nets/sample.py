@@ -1,4 +1,4 @@
-"""Generate digits from a trained checkpoint: ``python -m nets.sample``.
+"""Generate images from a trained checkpoint: ``python -m nets.sample``.
 
 The command is :meth:`nets.Pipeline.sample` plus flags and files: checkpoint (file or run
 directory) → ``nets.load`` (EMA weights by default) → the core's reverse tables for the chosen
@@ -13,10 +13,11 @@ Samplers (all through ``diffusion_core`` step tables; docs/results.md compares t
   sde-dpmpp-2m  SDE-DPM-Solver++ 2M, the stochastic second-order solver: the default, at 20 steps
                 (the best quality per network call measured)
 
-Outputs by ``--out`` extension: ``.npz`` → ``images`` uint8 (N, 28, 28), 0 black, 255 white,
-(``labels`` for a conditional model, the settings, ``images_per_second``) plus a PNG grid of
-the first 100 beside it; ``.png`` → a grid of all N. ``--trajectory`` adds reverse-diffusion
-snapshots (``trajectory`` uint8 (S, 8, 28, 28), ``trajectory_timesteps``) and ``*_reverse.png``.
+Outputs by ``--out`` extension: ``.npz`` → ``images`` uint8 (N, H, W) for one channel or
+(N, H, W, 3) for colour, 0 black, 255 white (``labels`` and the dataset's ``class_names`` for a
+conditional model, the settings, ``images_per_second``) plus a PNG grid of the first 100 beside
+it; ``.png`` → a grid of all N. ``--trajectory`` adds reverse-diffusion snapshots (``trajectory``
+uint8 (S, 8, H, W[, 3]), ``trajectory_timesteps``) and ``*_reverse.png``.
 
 Repeatability: the images are a function of (checkpoint, settings, --seed, --batch-size,
 device): one generator, seeded once, draws x_T and every z batch after batch.
@@ -68,10 +69,12 @@ def build_parser() -> cli.Parser:
                    help="DDIM η (0: deterministic; 1: DDPM-like noise); ddim only, default 0")
     p.add_argument("--variance", choices=get_args(core.Variance),
                    help="DDPM σ²: posterior β̃ or β; ddpm only, default posterior")
-    p.add_argument("--digit", help="conditional checkpoints: a digit 0-9, 'all' for 0,1,...,9 "
-                   "in turn, or 'frequencies': labels drawn from the training set's class "
-                   "frequencies (seeded by --seed), so the samples follow p(x) (default: "
-                   "frequencies where the checkpoint records them, else all)")
+    p.add_argument("--class", "--digit", dest="label",
+                   help="conditional checkpoints: a class of the dataset by name (sneaker) or index "
+                   "(7; on MNIST the digit), 'all' for every class in turn, or 'frequencies': labels "
+                   "drawn from the training set's class frequencies (seeded by --seed), so the samples "
+                   "follow p(x) (default: frequencies where the checkpoint records them, else all); "
+                   "--digit is the same flag")
     p.add_argument("--guidance", type=cli.float_in(float("-inf"), float("inf"), high_open=True),
                    help="conditional checkpoints: classifier-free guidance w, "
                         "ε = ε_u + w(ε_c − ε_u); 1 plain conditional (default), 0 unconditional. "
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return sample_to_files(args)
     except ConfigError as err:  # each option is checked once, by the library; here it names the flag
-        cli.fail(f"{cli.flag_of(err.field)}: {err.reason}")
+        cli.fail(f"{'--class' if err.field == 'label' else cli.flag_of(err.field)}: {err.reason}")
 
 
 def sample_to_files(args) -> int:
@@ -139,7 +142,7 @@ def sample_to_files(args) -> int:
     sampler = sampler_settings(args, pipe)
     desc = pipe.describe_sampler(sampler)
     guidance = None if pipe.guide else args.guidance
-    pipe.conditioning(1, args.digit, guidance)  # the labels and guidance this model takes
+    pipe.conditioning(1, args.label, guidance)  # the labels and guidance this model takes
     options = SampleOptions(args.batch_size, cuda_graph=args.cuda_graph, progress=args.progress,
                             trajectory=args.trajectory)
     check_cuda_graph(options.cuda_graph, sampler.multistep, device)  # the chain's check, before any output
@@ -147,7 +150,7 @@ def sample_to_files(args) -> int:
     if pipe.guide is not None:
         print(f"autoguidance: w = {pipe.guide_weight:g}, guided by {pipe.guide.path} "
               f"(step {pipe.guide.step})", file=sys.stderr)
-    gen = pipe.sample(args.n, digit=args.digit, guidance=guidance, sampler=sampler, seed=args.seed,
+    gen = pipe.sample(args.n, label=args.label, guidance=guidance, sampler=sampler, seed=args.seed,
                       options=options)
     try:
         written = write_outputs(args.out, gen, gen.settings)

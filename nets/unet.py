@@ -1,10 +1,12 @@
-"""The denoising U-Net for 28×28 digits (Ho et al. 2020, Appendix B, scaled down for MNIST).
+"""The denoising U-Net (Ho et al. 2020, Appendix B, scaled down: 28×28 digits by default).
 
 Layout for the default config (base 32, multipliers (1, 2, 2)):
     28×28×32 → 14×14×64 → 7×7×64, self-attention in the 7×7 bottleneck, and a decoder that
     upsamples back with a skip connection from every encoder stage.
 Every residual block receives the timestep embedding (sinusoidal, then an MLP) and, for a
 class-conditional model, a learned label embedding added to it (index ``num_classes`` = "no label").
+Other datasets fit it with :func:`unet_for_data`: channels, size and classes from the data, and
+:func:`preset_levels` for the size (64 pixels: one more level, attention at 16 and 8).
 """
 
 from __future__ import annotations
@@ -56,6 +58,11 @@ class UNetConfig:
             size //= 2
 
     @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images it denoises."""
+        return (self.in_channels, self.image_size, self.image_size)
+
+    @property
     def resolutions(self) -> tuple[int, ...]:
         """Feature-map sizes, full resolution first: (28, 14, 7) for the default."""
         return tuple(self.image_size // 2 ** i for i in range(len(self.channel_mults)))
@@ -77,6 +84,36 @@ class UNetConfig:
             if key in d:
                 d[key] = tuple(d[key])
         return cls(**d)
+
+
+def preset_levels(size: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(channel_mults, attention_resolutions) of the preset for ``size``-pixel images: up to 32
+    pixels three levels with attention at the bottleneck (28 → 7, 32 → 8, MNIST's measured
+    default); above, one more level with attention where the map is 8-16 wide (64 → 16 and 8)."""
+    if size <= 32:
+        return (1, 2, 2), (size // 4,)
+    return (1, 2, 2, 2), (size // 4, size // 8)
+
+
+def unet_for_data(unet: dict, shape: tuple[int, int, int], num_classes: int) -> dict:
+    """``unet`` (a config dict) fitted to images of ``shape`` (C, H, W) and ``num_classes`` (0:
+    unconditional): channels, size and classes from the data; levels and attention follow the
+    size where they are the preset of the size the dict had (the default), else stay as given.
+    ValueError where the size cannot be halved as the levels need."""
+    config = UNetConfig.from_dict(unet)
+    c, h, w = shape
+    if h != w:
+        raise ValueError(f"images must be square, got {h}×{w}")
+    levels = (config.channel_mults, config.attention_resolutions)
+    if levels == preset_levels(config.image_size):
+        levels = preset_levels(h)
+    fitted = {**config.to_dict(), "in_channels": c, "image_size": h, "num_classes": num_classes,
+              "channel_mults": list(levels[0]), "attention_resolutions": list(levels[1])}
+    try:
+        return UNetConfig.from_dict(fitted).to_dict()
+    except ValueError as err:
+        raise ValueError(f"{err}: choose an image size the U-Net's {len(levels[0])} levels can halve "
+                         f"(a multiple of {2 ** (len(levels[0]) - 1)}; 28, 32 and 64 have presets)") from None
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

@@ -27,7 +27,8 @@ from typing import Literal
 import numpy as np
 
 from nets.data import fetch
-from nets.data.checksums import MNIST_CHECKSUMS, FileChecksum, integrity_problem
+from nets.data.catalog import CIFAR10_ARCHIVE, NAMED_SETS, NamedSet
+from nets.data.checksums import FileChecksum, integrity_problem
 from nets.data.fetch import MIRRORS_ENV
 from nets.data.idx import MnistFormatError, read_idx_with_header
 from nets.fields import ConfigError
@@ -38,7 +39,11 @@ DATA_DIR_ENV = "DDPM_DATA_DIR"
 
 
 class MnistUnavailableError(RuntimeError):
-    """The MNIST files are not in the data directory and no mirror served a verified copy."""
+    """A named set's files are not in the data directory and no mirror served a verified copy
+    (``DatasetUnavailableError`` is the same class)."""
+
+
+DatasetUnavailableError = MnistUnavailableError
 
 MNIST_ERRORS = (MnistUnavailableError, MnistFormatError)  # what `load_mnist` raises for bad data
 
@@ -64,11 +69,21 @@ def load_mnist(data_dir: str | os.PathLike[str] | None, split: Split, download: 
                base_urls: Sequence[str] | None = None, *,
                checksums: Mapping[str, FileChecksum] | None = None,
                timeout: float = 30.0) -> MnistArrays:
-    """Load one MNIST split from ``data_dir`` (None: `default_data_dir()`), downloading if needed.
+    """Load one MNIST split: `load_idx_set` of MNIST (its mirrors: `nets.data.fetch.mnist_mirrors`)."""
+    return load_idx_set(NAMED_SETS["mnist"], data_dir, split, download, fetch.mnist_mirrors(base_urls),
+                        checksums=checksums, timeout=timeout)
+
+
+def load_idx_set(dataset: NamedSet, data_dir: str | os.PathLike[str] | None, split: Split,
+                 download: bool = True, base_urls: Sequence[str] | None = None, *,
+                 checksums: Mapping[str, FileChecksum] | None = None,
+                 timeout: float = 30.0) -> MnistArrays:
+    """Load one split of the MNIST-format set ``dataset`` (MNIST, Fashion-MNIST, KMNIST) from
+    ``data_dir`` (None: `default_data_dir(dataset.name)`), downloading if needed.
 
     Files are found as ``<name>`` or ``<name>.gz``; missing ones are downloaded when ``download``
-    from ``base_urls`` (default: `mnist_mirrors()`), each HTTP read bounded by ``timeout``
-    seconds. ``checksums`` replaces `MNIST_CHECKSUMS` (tests, private data); it must hold the
+    from ``base_urls`` (default: the set's mirrors), each HTTP read bounded by ``timeout``
+    seconds. ``checksums`` replaces the set's own (tests, private data); it must hold the
     split's two file names. Returns read-only arrays: images (N, 28, 28) uint8, labels (N,) uint8.
 
     Raises `MnistUnavailableError` when a file is missing and cannot be downloaded, and
@@ -76,12 +91,13 @@ def load_mnist(data_dir: str | os.PathLike[str] | None, split: Split, download: 
     """
     if split not in SPLIT_FILES:
         raise ValueError(f"unknown MNIST split: {split!r} (expected 'train' or 'test')")
-    data_dir = default_data_dir() if data_dir is None else Path(data_dir).expanduser()
-    table = MNIST_CHECKSUMS if checksums is None else checksums
+    data_dir = default_data_dir(dataset.name) if data_dir is None else Path(data_dir).expanduser()
+    table = dataset.checksums if checksums is None else checksums
     images_name, labels_name = SPLIT_FILES[split]
     specs = [_checksum_for(table, name) for name in (images_name, labels_name)]
-    mirrors = fetch.mnist_mirrors(base_urls) if download else None
-    paths = [_find_or_download(data_dir, split, name, spec, mirrors, timeout)
+    mirrors = (tuple(base_urls) if base_urls is not None else dataset.mirrors) if download else None
+    where = Where(dataset.title, data_dir, split)
+    paths = [_find_or_download(where, name, spec, mirrors, timeout)
              for name, spec in zip((images_name, labels_name), specs, strict=True)]
     (images_path, labels_path), (images_spec, labels_spec) = paths, specs
 
@@ -104,7 +120,7 @@ def load_mnist(data_dir: str | os.PathLike[str] | None, split: Split, download: 
         problem = integrity_problem(header, array, spec)
         if problem is not None:
             raise MnistFormatError(path, f"{problem}; the file is damaged or not the official "
-                                         f"MNIST file: delete it to download it again")
+                                         f"{dataset.title} file: delete it to download it again")
     images.setflags(write=False)
     labels.setflags(write=False)
     return MnistArrays(images=images, labels=labels)
@@ -130,49 +146,73 @@ def _find_local(data_dir: Path, name: str) -> Path | None:
     return None
 
 
-def _find_or_download(data_dir: Path, split: str, name: str, spec: FileChecksum,
+@dataclass(frozen=True)
+class Where:
+    """Which set's split is looked for in which folder (for the messages)."""
+
+    title: str
+    data_dir: Path
+    split: str
+
+
+def _find_or_download(where: Where, name: str, spec: FileChecksum,
                       mirrors: Sequence[str] | None, timeout: float) -> Path:
-    """The file ``name`` in ``data_dir``, else downloaded from ``mirrors`` (None: downloading is off)."""
+    """The file ``name`` in the data dir, else downloaded from ``mirrors`` (None: downloading is off)."""
+    data_dir = where.data_dir
     local = _find_local(data_dir, name)
     if local is not None:
         return local
     if mirrors is None:
         raise MnistUnavailableError(_unavailable_message(
-            data_dir, split, f"{name}(.gz) is not in {data_dir} and downloading is off"))
+            where, f"{name}(.gz) is not in {data_dir} and downloading is off"))
+    return download_first(where, name, spec, mirrors, timeout)
+
+
+def download_first(where: Where, name: str, spec: FileChecksum, mirrors: Sequence[str],
+                   timeout: float, gz: bool = True) -> Path:
+    """``name`` (+ ``.gz``) from the first of ``mirrors`` that serves a verified copy, into the
+    data dir; DatasetUnavailableError saying what each mirror did where none does."""
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        where.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise MnistUnavailableError(_unavailable_message(
-            data_dir, split, f"cannot create {data_dir}: {exc}")) from exc
-    target = data_dir / f"{name}.gz"
+            where, f"cannot create {where.data_dir}: {exc}")) from exc
+    remote = f"{name}.gz" if gz else name
+    target = where.data_dir / remote
     problems = []
     for base in mirrors:
-        url = f"{base}{name}.gz" if base.endswith("/") else f"{base}/{name}.gz"
+        url = f"{base}{remote}" if base.endswith("/") else f"{base}/{remote}"
         problem = fetch.download(url, target, spec, timeout)
         if problem is None:
             return target
         problems.append(f"{url}: {problem}")
     raise MnistUnavailableError(_unavailable_message(
-        data_dir, split, f"no mirror served a verified {name}.gz:\n  " + "\n  ".join(problems)))
+        where, f"no mirror served a verified {remote}:\n  " + "\n  ".join(problems)))
 
 
-def _unavailable_message(data_dir: Path, split: str, problem: str) -> str:
-    files = ", ".join(f"{name}.gz" for pair in SPLIT_FILES.values() for name in pair)
-    return (f"MNIST {split} split unavailable: {problem}\n"
-            f"Put the four MNIST files ({files}; gzipped or not) in {data_dir}, or pass "
-            f"--data-dir with a folder that holds them (set {MIRRORS_ENV} to comma-separated "
-            f"base URLs to download from another mirror).")
+def _unavailable_message(where: Where, problem: str) -> str:
+    if where.title == "CIFAR-10":
+        files = f"{CIFAR10_ARCHIVE} or its cifar-10-batches-bin folder"
+    else:
+        files = "the four files " + ", ".join(f"{name}.gz" for pair in SPLIT_FILES.values() for name in pair)
+        files += "; gzipped or not"
+    mirrors = f" (set {MIRRORS_ENV} to comma-separated base URLs to download from another mirror)" \
+        if where.title == "MNIST" else ""
+    return (f"{where.title} {where.split} split unavailable: {problem}\n"
+            f"Put {files} in {where.data_dir}, or pass --data-dir with a folder that holds them"
+            f"{mirrors}.")
 
 
-def default_data_dir() -> Path:
-    """$DDPM_DATA_DIR, else $XDG_CACHE_HOME/ddpm/mnist, else ~/.cache/ddpm/mnist.
+def default_data_dir(name: str = "mnist") -> Path:
+    """Where the named set ``name``'s files are looked for and downloaded to: for MNIST
+    $DDPM_DATA_DIR, else (every set) $XDG_CACHE_HOME/ddpm/<name>, else ~/.cache/ddpm/<name>.
 
     A relative $XDG_CACHE_HOME is ignored, as the XDG Base Directory specification asks.
     """
     explicit = os.environ.get(DATA_DIR_ENV)
-    if explicit:
+    if explicit and name == "mnist":
         return Path(explicit).expanduser()
-    return user_cache_dir() / "mnist"
+    return user_cache_dir() / name
 
 
 def user_cache_dir() -> Path:

@@ -1,4 +1,4 @@
-"""Which pixels of a digit are known: named masks and mask files (True = known, kept as given)."""
+"""Which pixels of an image are known: named masks and mask files (True = known, kept as given)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from nets.pixels import IMAGE_SIZE
 MASKS = ("left", "right", "top", "bottom", "center", "random")
 
 
-def named_mask(name: str, seed: int = 0) -> np.ndarray:
-    """(28, 28) bool known-pixel mask: ``left`` keeps the left half (the right is filled in),
-    ``right``/``top``/``bottom`` likewise, ``center`` keeps all but the middle 14×14, ``random``
-    keeps a seeded half of the pixels."""
-    n, h = IMAGE_SIZE, IMAGE_SIZE // 2
+def named_mask(name: str, seed: int = 0, size: int = IMAGE_SIZE) -> np.ndarray:
+    """(size, size) bool known-pixel mask: ``left`` keeps the left half (the right is filled in),
+    ``right``/``top``/``bottom`` likewise, ``center`` keeps all but the middle half-size square
+    (14×14 of 28×28), ``random`` keeps a seeded half of the pixels."""
+    n, h = size, size // 2
     known = np.zeros((n, n), dtype=bool)
     if name == "left":
         known[:, :h] = True
@@ -35,8 +35,8 @@ def named_mask(name: str, seed: int = 0) -> np.ndarray:
     return known
 
 
-def mask_from_png(path: Path) -> np.ndarray:
-    """A 28×28 black-and-white PNG: white = known. ValueError if not that."""
+def mask_from_png(path: Path, size: int = IMAGE_SIZE) -> np.ndarray:
+    """A size × size black-and-white PNG: white = known. ValueError if not that."""
     import matplotlib.image
 
     try:
@@ -45,9 +45,9 @@ def mask_from_png(path: Path) -> np.ndarray:
         raise ValueError(f"{path} is not a readable PNG: {err}") from None
     if image.ndim == 3:
         image = image[..., :3].mean(-1) if image.shape[-1] in (3, 4) else image[..., 0]
-    if image.shape != (IMAGE_SIZE, IMAGE_SIZE):
+    if image.shape != (size, size):
         raise ValueError(f"{path} is {image.shape[1] if image.ndim > 1 else '?'}×{image.shape[0]}, "
-                         f"not {IMAGE_SIZE}×{IMAGE_SIZE}")
+                         f"not the model's {size}×{size}")
     values = np.unique(image)
     if not np.all(np.isin(values, (0.0, 1.0))):
         raise ValueError(f"{path} is not black and white only (it holds {len(values)} grey levels)")

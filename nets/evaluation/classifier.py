@@ -1,4 +1,5 @@
-"""The evaluation classifier: a small MNIST CNN trained by the project on the data at hand.
+"""The evaluation classifier: a small CNN trained by the project on the data at hand (MNIST's
+digits by default; any labelled dataset's images, of its channels, size and classes).
 
 :func:`train_and_save` (the command ``python -m nets.train_classifier``) trains it on a seeded random
 part of the images, measures its accuracy on the rest (held out), and saves it atomically
@@ -7,11 +8,13 @@ The file is a dict of tensors and plain values, read back with ``torch.load(weig
 
 Its penultimate layer (128 ReLU features) is the feature space of the Fréchet distance in
 ``nets.evaluate``; its softmax gives the confidence and class-histogram metrics. Inputs are
-uint8 images (N, 28, 28), 0 = black, 255 = white, scaled to [0, 1] inside.
+uint8 images in the pixel layout, (N, H, W) or (N, H, W, 3), 0 = black, 255 = white, scaled to
+[0, 1] inside.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
@@ -24,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nets.checkpoint import CheckpointError, check_format_version, safe_load, save_checkpoint
-from nets.data import user_cache_dir
+from nets.data import MNIST_INFO, DatasetInfo, ImageSet, user_cache_dir
 from nets.pixels import IMAGE_SIZE, NUM_CLASSES
 from nets.progress import Progress
 
@@ -32,6 +35,7 @@ KIND = "mnist-classifier"
 PROGRESS_EVERY = 25  # training steps between progress lines
 FEATURE_DIM = 128
 CLASSIFIER_ENV = "DDPM_CLASSIFIER"
+OTHER_MIN_ACCURACY = 0.5  # held-out accuracy a judge of a dataset other than MNIST must reach
 
 
 class ClassifierError(ValueError):
@@ -42,52 +46,80 @@ class ClassifierTooWeak(ClassifierError):
     """A freshly trained classifier below the required held-out accuracy (nothing saved)."""
 
 
-def default_classifier_path() -> Path:
-    """$DDPM_CLASSIFIER, else $XDG_CACHE_HOME/ddpm/classifier.pt, else ~/.cache/ddpm/classifier.pt."""
-    explicit = os.environ.get(CLASSIFIER_ENV)
-    if explicit:
-        return Path(explicit).expanduser()
-    return user_cache_dir() / "classifier.pt"
+def default_classifier_path(real: ImageSet | None = None) -> Path:
+    """MNIST's (``real`` None or MNIST): $DDPM_CLASSIFIER, else $XDG_CACHE_HOME/ddpm/classifier.pt,
+    else ~/.cache/ddpm/classifier.pt. Another dataset's: classifiers/<name>-<C>x<H>-<hash>.pt in
+    the same cache, the hash that of its real images (a changed folder gets a new classifier)."""
+    if real is None or real.info.name == "mnist" and real.info.shape == MNIST_INFO.shape:
+        explicit = os.environ.get(CLASSIFIER_ENV)
+        if explicit:
+            return Path(explicit).expanduser()
+        return user_cache_dir() / "classifier.pt"
+    c, h, _ = real.info.shape
+    digest = hashlib.sha1(np.ascontiguousarray(real.images).data).hexdigest()[:12]
+    name = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(real.info.name).name) or "folder"
+    return user_cache_dir() / "classifiers" / f"{name}-{c}x{h}-{digest}.pt"
+
+
+def training_for(info: DatasetInfo) -> ClassifierTraining:
+    """How the judge of ``info`` is trained: MNIST must reach 97 % held-out accuracy (its table in
+    docs/evaluation.md); any other dataset 50 %, its accuracy stated in every report."""
+    return ClassifierTraining(min_accuracy=0.97 if info.name == "mnist" else OTHER_MIN_ACCURACY,
+                              num_classes=len(info.class_names))
+
+
+def check_fits(model: MnistClassifier, info: DatasetInfo, path: Path) -> None:
+    """ClassifierError unless the classifier at ``path`` takes ``info``'s images and classes."""
+    c, h, _ = info.shape
+    want = {"in_channels": c, "image_size": h, "num_classes": len(info.class_names)}
+    if model.shape != want:
+        raise ClassifierError(f"{path} is a classifier of {model.shape['in_channels']}×"
+                              f"{model.shape['image_size']}² images and {model.shape['num_classes']} "
+                              f"classes, not of {info.describe()}")
 
 
 class MnistClassifier(nn.Module):
-    """conv(16) → pool → conv(32) → pool → fc(128) → fc(10); ``features`` is the fc(128) output."""
+    """conv(16) → pool → conv(32) → pool → fc(128) → fc(K); ``features`` is the fc(128) output.
+    MNIST's by default; ``in_channels``, ``image_size`` (a multiple of 4) and ``num_classes``
+    fit it to another dataset."""
 
-    def __init__(self):
+    def __init__(self, in_channels: int = 1, image_size: int = IMAGE_SIZE, num_classes: int = NUM_CLASSES):
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.shape = {"in_channels": in_channels, "image_size": image_size, "num_classes": num_classes}
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1)
         self.bn1 = nn.BatchNorm2d(16)
         self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
         self.bn2 = nn.BatchNorm2d(32)
-        self.fc1 = nn.Linear(32 * (IMAGE_SIZE // 4) ** 2, FEATURE_DIM)
-        self.fc2 = nn.Linear(FEATURE_DIM, NUM_CLASSES)
+        self.fc1 = nn.Linear(32 * (image_size // 4) ** 2, FEATURE_DIM)
+        self.fc2 = nn.Linear(FEATURE_DIM, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, 1, 28, 28) in [0, 1] → (B, 128) non-negative penultimate features."""
-        h = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)  # (B, 16, 14, 14)
-        h = F.max_pool2d(F.relu(self.bn2(self.conv2(h))), 2)  # (B, 32, 7, 7)
+        """x (B, C, H, W) in [0, 1] → (B, 128) non-negative penultimate features."""
+        h = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)  # (B, 16, H/2, W/2)
+        h = F.max_pool2d(F.relu(self.bn2(self.conv2(h))), 2)  # (B, 32, H/4, W/4)
         return F.relu(self.fc1(h.flatten(1)))  # (B, 128)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.features(x))  # (B, 10) logits
+        return self.fc2(self.features(x))  # (B, K) logits
 
 
 def to_unit_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 (N, 28, 28) → float32 (N, 1, 28, 28) in [0, 1]."""
+    """uint8 (N, H, W) or (N, H, W, C) → float32 (N, C, H, W) in [0, 1]."""
     x = torch.tensor(np.asarray(images, dtype=np.uint8), device=device)  # a copy: inputs may be read-only
-    return x.unsqueeze(1).float() / 255.0
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    return x.float() / 255.0
 
 
 @dataclass
 class ClassifierOutputs:
     features: np.ndarray  # (N, 128) float64
-    probs: np.ndarray  # (N, 10) float64 softmax
+    probs: np.ndarray  # (N, K) float64 softmax
 
 
 @torch.inference_mode()
 def classify(model: MnistClassifier, images: np.ndarray, batch_size: int = 1000,
              device: torch.device | str = "cpu") -> ClassifierOutputs:
-    """Features and class probabilities of uint8 images (N, 28, 28), in batches."""
+    """Features and class probabilities of uint8 images in the pixel layout, in batches."""
     model.eval()
     feats, probs = [], []
     for start in range(0, len(images), batch_size):
@@ -96,7 +128,7 @@ def classify(model: MnistClassifier, images: np.ndarray, batch_size: int = 1000,
         feats.append(h.double().cpu().numpy())
         probs.append(torch.softmax(model.fc2(h).double(), dim=1).cpu().numpy())
     if not feats:
-        return ClassifierOutputs(np.zeros((0, FEATURE_DIM)), np.zeros((0, NUM_CLASSES)))
+        return ClassifierOutputs(np.zeros((0, FEATURE_DIM)), np.zeros((0, model.fc2.out_features)))
     return ClassifierOutputs(np.concatenate(feats), np.concatenate(probs))
 
 
@@ -109,13 +141,14 @@ def holdout_split(n: int, holdout_fraction: float, seed: int) -> tuple[np.ndarra
 
 def augment(x: torch.Tensor, gen: torch.Generator, shift: float = 2.0, degrees: float = 10.0
             ) -> torch.Tensor:
-    """Random per-image rotation (±degrees) and translation (±shift px) of x (B, 1, 28, 28)."""
+    """Random per-image rotation (±degrees) and translation (±shift px) of x (B, C, H, W)."""
     b = x.shape[0]
     u = (torch.rand(b, 3, generator=gen) * 2 - 1).to(x.device)  # (B, 3) in [-1, 1]
     angle = u[:, 0] * degrees * torch.pi / 180
     cos, sin = torch.cos(angle), torch.sin(angle)
-    theta = torch.stack([torch.stack([cos, -sin, u[:, 1] * shift * 2 / IMAGE_SIZE], 1),
-                         torch.stack([sin, cos, u[:, 2] * shift * 2 / IMAGE_SIZE], 1)], 1)  # (B, 2, 3)
+    size = x.shape[-1]
+    theta = torch.stack([torch.stack([cos, -sin, u[:, 1] * shift * 2 / size], 1),
+                         torch.stack([sin, cos, u[:, 2] * shift * 2 / size], 1)], 1)  # (B, 2, 3)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, align_corners=False)
 
@@ -125,12 +158,14 @@ BATCH_SIZE, PEAK_LR = 64, 3e-3  # the classifier's optimizer
 
 def train_classifier(images: np.ndarray, labels: np.ndarray, training: ClassifierTraining,
                      device: torch.device | str = "cpu", log: bool = False) -> MnistClassifier:
-    """Adam with a one-cycle learning rate on uint8 images (N, 28, 28) and labels (N,), for
+    """Adam with a one-cycle learning rate on uint8 images in the pixel layout and labels (N,)
+    in 0..K-1 (K: ``training.num_classes``, else the largest label + 1), for
     ``training.epochs`` epochs from ``training.seed``."""
     epochs, seed, batch_size, lr = training.epochs, training.seed, BATCH_SIZE, PEAK_LR
     torch.manual_seed(seed)
-    model = MnistClassifier().to(device)
     x = to_unit_tensor(images, device)
+    classes = training.num_classes or int(np.max(labels)) + 1
+    model = MnistClassifier(x.shape[1], x.shape[-1], classes).to(device)
     y = torch.as_tensor(np.asarray(labels, dtype=np.int64), device=device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
@@ -166,7 +201,7 @@ def accuracy(model: MnistClassifier, images: np.ndarray, labels: np.ndarray,
 def save_classifier(model: MnistClassifier, path: str | os.PathLike, info: dict) -> Path:
     """Write the weights and ``info`` (plain values: accuracy, data used) atomically."""
     state = {"kind": KIND, "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-             "config": {"feature_dim": FEATURE_DIM}, "info": dict(info)}
+             "config": {"feature_dim": FEATURE_DIM, **model.shape}, "info": dict(info)}
     return save_checkpoint(state, path)
 
 
@@ -181,16 +216,17 @@ def load_classifier(path: str | os.PathLike, device: torch.device | str = "cpu"
     except CheckpointError as err:
         raise ClassifierError(str(err)) from None
     if not isinstance(state, dict) or state.get("kind") != KIND:
-        raise ClassifierError(f"{path} is not an MNIST classifier file written by "
+        raise ClassifierError(f"{path} is not a classifier file written by "
                               f"`python -m nets.train_classifier`")
     try:
         check_format_version(state, path)
     except CheckpointError as err:
         raise ClassifierError(str(err)) from None
-    model = MnistClassifier()
     try:
+        shape = {k: int(v) for k, v in state.get("config", {}).items() if k != "feature_dim"}
+        model = MnistClassifier(**shape)  # files from before other datasets: MNIST's
         model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError, TypeError) as err:
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as err:
         raise ClassifierError(f"classifier {path} does not fit the network: "
                               f"{' '.join(str(err).split())[:300]}") from None
     return model.to(device).eval(), dict(state.get("info", {}))
@@ -205,6 +241,7 @@ class ClassifierTraining:
     epochs: int = 8
     seed: int = 0
     min_accuracy: float = 0.97
+    num_classes: int | None = None  # None: the largest label + 1
 
     def __post_init__(self):
         if not 0.0 < self.holdout < 1.0:

@@ -5,19 +5,19 @@ calibration sets that bracket the metrics' range (docs/evaluation.md).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from nets.data import MnistArrays, load_mnist, training_and_held_out
+from nets.data import ImageSet, training_and_held_out
 from nets.evaluation import classifier as clf
 from nets.evaluation import metrics
 from nets.evaluation.nll import DEFAULT_NLL_IMAGES, nll_calibration
-from nets.pixels import NUM_CLASSES
 
 CONFIDENCE = 0.9
 BASELINE_IMAGES = 2000  # held-out real images whose nearest-neighbour distance is the baseline
@@ -27,7 +27,7 @@ BASELINE_IMAGES = 2000  # held-out real images whose nearest-neighbour distance 
 class Reference:
     """The memorisation reference: the model's training images and the real baseline."""
 
-    train_images: np.ndarray  # (M, 28, 28) uint8: the diffusion model's training images
+    train_images: np.ndarray  # (M, H, W[, 3]) uint8: the diffusion model's training images
     baseline_nn: np.ndarray  # (K,) NN distances of real images the model never saw
     baseline_kind: str  # "held-out" or "leave-one-out"
 
@@ -42,8 +42,8 @@ class ImageSetMetrics:
     class_entropy: float
     nn_median: float | None
     memorisation_ratio: float | None
-    label_agreement: float | None = None  # share classified as the requested digit
-    label_agreement_per_digit: list[float] | None = None  # the same, for each requested digit 0-9
+    label_agreement: float | None = None  # share classified as the requested class
+    label_agreement_per_digit: list[float] | None = None  # the same, for each requested class
 
 
 def image_set_metrics(images: np.ndarray, model: clf.MnistClassifier, ref: Reference | None,
@@ -55,7 +55,7 @@ def image_set_metrics(images: np.ndarray, model: clf.MnistClassifier, ref: Refer
         hit = out.probs.argmax(1) == labels
         agreement = float(np.mean(hit))
         per_digit = [float(np.mean(hit[labels == d])) if np.any(labels == d) else float("nan")
-                     for d in range(NUM_CLASSES)]
+                     for d in range(model.fc2.out_features)]
     fd = metrics.frechet_distance_of(metrics.gaussian_statistics(out.features), real_stats)
     cls = metrics.class_statistics(out.probs, CONFIDENCE)
     nn_median = ratio = None
@@ -88,7 +88,7 @@ def make_reference(train_images: np.ndarray, held_out: np.ndarray, seed: int) ->
 
 
 def training_images_of(real: np.ndarray, split: str, load_split: Callable[[str], np.ndarray],
-                       checkpoint_cfg: dict | None, train_images: int | None
+                       checkpoint_cfg: dict | None, train_images: int | None, title: str = "MNIST"
                        ) -> tuple[np.ndarray, np.ndarray, str]:
     """(images the diffusion model trained on, real images it never saw, a description).
 
@@ -102,38 +102,42 @@ def training_images_of(real: np.ndarray, split: str, load_split: Callable[[str],
         holdout = int(checkpoint_cfg.get("holdout", 0))
         source = real if tsplit == split else load_split(tsplit)
         rows, held = training_and_held_out(len(source), None if limit is None else int(limit), holdout)
-        described = f"MNIST {tsplit}[:{rows.stop}] (from the checkpoint's config)"
+        described = f"{title} {tsplit}[:{rows.stop}] (from the checkpoint's config)"
         return source[rows], (source[held] if tsplit == split else real), described
     if train_images is not None:
         n = min(train_images, len(real))
-        return real[:n], real[n:], f"MNIST {split}[:{n}] (--train-images)"
-    return real, real[:0], f"all of MNIST {split} (assumed; pass --checkpoint or --train-images)"
+        return real[:n], real[n:], f"{title} {split}[:{n}] (--train-images)"
+    return real, real[:0], f"all of {title} {split} (assumed; pass --checkpoint or --train-images)"
 
 
 @dataclass(frozen=True)
 class Judge:
-    """What every score is measured with: MNIST ``split`` of ``data_dir``, the classifier and
-    its 128-d features of those real digits (``nets.evaluation.scoring.make_judge`` builds it)."""
+    """What every score is measured with: the real images (``split`` of a dataset, ``source``
+    says which and how they were read), the classifier and its 128-d features of them
+    (``nets.evaluation.scoring.make_judge`` builds it)."""
 
     split: str
     data_dir: str | None
-    real: MnistArrays
+    real: ImageSet
     classifier: clf.MnistClassifier
     classifier_path: Path
     classifier_info: dict
     real_features: np.ndarray  # (N, 128) of real.images
     device: torch.device
+    source: object = None  # nets.evaluation.scoring.RealData: how ``real`` was read
 
     def images_of(self, split: str) -> np.ndarray:
-        """Another split's images (a model trained on the other one); MNIST errors as raised."""
-        return self.real.images if split == self.split else load_mnist(self.data_dir, split).images
+        """Another split's images (a model trained on the other one); data errors as raised."""
+        if split == self.split or self.real.info.is_folder:
+            return self.real.images
+        return replace(self.source, split=split).load().images
 
 
 @dataclass(frozen=True)
 class RealSet:
     """The real digits samples are compared with, and the classifier's features of them."""
 
-    images: np.ndarray  # (N, 28, 28) uint8
+    images: np.ndarray  # (N, H, W[, 3]) uint8
     features: np.ndarray  # (N, 128)
 
 
@@ -179,7 +183,7 @@ def evaluate_samples(judge: Judge, samples: np.ndarray, labels: np.ndarray | Non
         "real_floor": real_floor(judge, real, len(samples), ref, seed),
         "memorisation": {"training_count": len(split.train), "baseline": ref.baseline_kind,
                          "baseline_count": len(ref.baseline_nn)},
-        "max_class_entropy": metrics.MAX_ENTROPY_10,
+        "max_class_entropy": math.log(judge.classifier.fc2.out_features),
         "eval_images_per_second": len(samples) / max(eval_seconds, 1e-9),
     }
 
@@ -196,7 +200,8 @@ def calibration_sets(held_out: np.ndarray, train: np.ndarray, seed: int
         return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
 
     def blur(sigma):
-        return to_u8(gaussian_filter(unit, sigma=(0, sigma, sigma)))
+        spatial = (0, sigma, sigma) + (0,) * (unit.ndim - 3)  # never across images or colours
+        return to_u8(gaussian_filter(unit, sigma=spatial))
 
     def noisy(sigma):
         return to_u8(unit + sigma * rng.standard_normal(unit.shape))
@@ -235,4 +240,4 @@ def calibrate(real_images: np.ndarray, real_features: np.ndarray, model: clf.Mni
     nll = nll_calibration(real_images[b][:DEFAULT_NLL_IMAGES], seed)
     return {"calibration": rows, "real": {"count": len(real_images), "reference_half": half},
             "baseline_nn_median": float(np.median(ref.baseline_nn)),
-            "max_class_entropy": metrics.MAX_ENTROPY_10, "nll_calibration": nll}
+            "max_class_entropy": math.log(model.fc2.out_features), "nll_calibration": nll}

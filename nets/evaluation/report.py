@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from nets.evaluation.metrics import MAX_ENTROPY_10
 from nets.evaluation.protocol import CONFIDENCE
 
 
@@ -51,7 +50,7 @@ def print_report(report: EvaluationReport) -> None:
         (f"recognised, confidence ≥ {CONFIDENCE}", f"{100 * m['confident_fraction']:.1f}%",
          f"{100 * f['confident_fraction']:.1f}%"),
         ("mean confidence", f"{m['mean_confidence']:.3f}", f"{f['mean_confidence']:.3f}"),
-        (f"class entropy (nats; max {MAX_ENTROPY_10:.3f})", f"{m['class_entropy']:.3f}",
+        (f"class entropy (nats; max {report.max_class_entropy:.3f})", f"{m['class_entropy']:.3f}",
          f"{f['class_entropy']:.3f}"),
         ("NN distance to training images (median)", _fmt(m["nn_median"], ".3f"),
          _fmt(f["nn_median"], ".3f")),
@@ -59,15 +58,15 @@ def print_report(report: EvaluationReport) -> None:
     ]
     if m.get("label_agreement") is not None:  # real: the classifier's held-out accuracy
         accuracy = report.classifier.get("held_out_accuracy")
-        rows.append(("classified as the requested digit", f"{100 * m['label_agreement']:.1f}%",
+        rows.append(("classified as the requested class", f"{100 * m['label_agreement']:.1f}%",
                      "—" if accuracy is None else f"{100 * accuracy:.1f}%"))
-        rows += [(f"  requested digit {d}", f"{100 * a:.1f}%", "")
+        rows += [(f"  requested class {d}", f"{100 * a:.1f}%", "")
                  for d, a in enumerate(m["label_agreement_per_digit"]) if a == a]
     print(f"{'metric':<42}{'samples':>12}{'real':>12}")
     print(f"{'images':<42}{m['count']:>12}{f['count']:>12}")
     for name, a, b in rows:
         print(f"{name:<42}{a:>12}{b:>12}")
-    print("class histogram (0-9): " + " ".join(map(str, m["class_histogram"])))
+    print(f"class histogram (0-{len(m['class_histogram']) - 1}): " + " ".join(map(str, m["class_histogram"])))
     mem = report.memorisation
     print(f"real digits compared with: {report.real['reference']}")
     print(f"training images: {mem['training_images']}; real baseline: {mem['baseline']} "

@@ -1,5 +1,6 @@
-"""The samples file ``nets.evaluate`` reads: an .npz with uint8 ``images`` (N, 28, 28) as
-``nets.sample`` writes it, its scalar settings, and (conditional models) the requested labels."""
+"""The samples file ``nets.evaluate`` reads: an .npz with uint8 ``images`` (N, H, W) or
+(N, H, W, 3) as ``nets.sample`` writes it, its scalar settings, and (conditional models) the
+requested labels."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nets.pixels import IMAGE_SIZE, NUM_CLASSES
+from nets.pixels import IMAGE_SHAPE, NUM_CLASSES, describe_layout, layout_shape
 
 
 class SamplesError(ValueError):
@@ -20,11 +21,11 @@ class SamplesError(ValueError):
 
 
 def load_samples(path: str | Path) -> tuple[np.ndarray, dict, np.ndarray | None]:
-    """``images`` uint8 (N ≥ 2, 28, 28), the scalar settings saved beside it by nets.sample, and
+    """``images`` uint8 (N ≥ 2, H, W[, 3]), the scalar settings saved beside it by nets.sample, and
     the requested ``labels`` (N,) of a conditional model's samples (None when absent)."""
     path = Path(path)
     images, labels, meta = _read_archive(path)
-    check_arrays(path, images, labels)
+    check_arrays(path, images, labels, None, None)
     return images, meta, labels
 
 
@@ -70,15 +71,24 @@ def _read_archive(path: Path) -> tuple[np.ndarray, np.ndarray | None, dict]:
     return images, labels, meta
 
 
-def check_arrays(path: Path, images: np.ndarray, labels: np.ndarray | None) -> None:
+def check_arrays(path: Path, images: np.ndarray, labels: np.ndarray | None,
+                 shape: tuple[int, int, int] | None = IMAGE_SHAPE,
+                 num_classes: int | None = NUM_CLASSES) -> None:
+    """SamplesError unless ``images`` are uint8 (N ≥ 2) of network shape ``shape`` in the pixel
+    layout (None: any (N, H, W) or (N, H, W, 3)) and ``labels`` are classes 0..num_classes-1
+    (None: any non-negative integers)."""
     if images.dtype != np.uint8:
         raise SamplesError(f"{path}: 'images' must be uint8 (0 black, 255 white), got "
                            f"{images.dtype} (nets.pixels.images_to_uint8 converts [-1, 1] floats)")
-    if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-        raise SamplesError(f"{path}: 'images' must have shape (N, 28, 28), got {images.shape}")
+    expected = describe_layout(shape)
+    layout_ok = images.ndim == 3 or (images.ndim == 4 and images.shape[3] == 3)
+    if not layout_ok or (shape is not None and images.shape[1:] != layout_shape(shape)):
+        raise SamplesError(f"{path}: 'images' must have shape {expected}, got {images.shape}")
     if len(images) < 2:
         raise SamplesError(f"{path}: need at least 2 images for a covariance, got {len(images)}")
+    top = np.inf if num_classes is None else num_classes
     if labels is not None and (labels.dtype.kind not in "iu" or labels.shape != (len(images),)
-                               or labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise SamplesError(f"{path}: 'labels' must be integers 0-{NUM_CLASSES - 1} of shape "
+                               or labels.min() < 0 or labels.max() >= top):
+        which = "non-negative integers" if num_classes is None else f"integers 0-{num_classes - 1}"
+        raise SamplesError(f"{path}: 'labels' must be {which} of shape "
                            f"({len(images)},), got {labels.dtype} {labels.shape}")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from nets.checkpoint import LoadedModel
-from nets.data import MNIST_ERRORS, load_mnist
+from nets.data import MNIST_ERRORS, MNIST_INFO, ImageSet, load_dataset
 from nets.evaluation import classifier as clf
 from nets.evaluation.nll import DEFAULT_NLL_IMAGES, nll_bits_per_dim
 from nets.evaluation.protocol import Judge, RealSet, TrainingSplit, evaluate_samples, training_images_of
@@ -33,35 +33,72 @@ class ClassifierMissing(ValueError):
         self.command = command
 
 
-def classifier_command(split: str, path: Path, data_dir: str | os.PathLike | None) -> str:
+def classifier_command(split: str, path: Path, data_dir: str | os.PathLike | None,
+                       dataset: str = "mnist") -> str:
     """The command line that trains the classifier ``path`` on ``split``."""
     return (f"python -m nets.train_classifier --split {split} --out {path}"
+            + (f" --dataset {dataset}" if dataset != "mnist" else "")
             + (f" --data-dir {data_dir}" if data_dir else ""))
+
+
+@dataclass(frozen=True)
+class RealData:
+    """Which real images a judge compares with: ``dataset`` (a name or a folder) read at
+    ``image_size`` with ``channels`` (None: its own), its ``split`` from ``data_dir``."""
+
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    split: str = "test"
+    image_size: int | None = None
+    channels: int | None = None
+
+    @classmethod
+    def of_model(cls, model: LoadedModel, data_dir: str | os.PathLike | None = None,
+                 split: str = "test") -> RealData:
+        """The dataset ``model`` was trained on, read as it read it (a folder is one split: its own)."""
+        cfg, info = model.config, model.dataset
+        folder = data_dir if data_dir is not None else cfg.get("data_dir")
+        if info.is_folder:
+            split = cfg.get("split", "train")
+        return cls(info.name, None if folder is None else str(folder), split, info.shape[1], info.shape[0])
+
+    def load(self) -> ImageSet:
+        return load_dataset(self.dataset, self.data_dir, self.split, self.image_size, self.channels)
 
 
 def make_judge(data_dir: str | os.PathLike | None = None, split: str = "test",
                classifier: str | os.PathLike | None = None, train_missing: bool = True,
-               device: torch.device | str = "cpu") -> Judge:
-    """The real split and the classifier (``classifier`` path, default $DDPM_CLASSIFIER or
-    ~/.cache/ddpm/classifier.pt), trained and saved on the split first when missing (about a
+               device: torch.device | str = "cpu", *, real: RealData | None = None) -> Judge:
+    """The real images (MNIST ``split`` of ``data_dir``, or ``real``: any labelled dataset) and
+    the classifier (``classifier`` path; default for MNIST $DDPM_CLASSIFIER or
+    ~/.cache/ddpm/classifier.pt, for another dataset one file per dataset under
+    ~/.cache/ddpm/classifiers/), trained and saved on those images first when missing (about a
     minute on a CPU) unless ``train_missing`` is False (then ClassifierMissing).
 
-    Raises the MNIST errors of :func:`nets.data.load_mnist`, ClassifierError and OSError.
+    Raises the data errors of :func:`nets.data.load_dataset`, ValueError for an unlabelled
+    dataset (a judge needs classes), ClassifierError and OSError.
     """
     device = torch.device(device)
-    real = load_mnist(data_dir, split)
-    path = Path(classifier) if classifier is not None else clf.default_classifier_path()
+    real = real or RealData("mnist", None if data_dir is None else str(data_dir), split)
+    images = real.load()
+    if not images.info.labelled:
+        raise ValueError(f"{images.info.title} is unlabelled: the evaluation's metrics (FD in a "
+                         f"classifier's features, recognised share, class entropy) need a classifier "
+                         f"trained on labelled real images, so an unlabelled dataset has no judge "
+                         f"(docs/evaluation.md); give the folder class subfolders")
+    path = Path(classifier) if classifier is not None else clf.default_classifier_path(images)
     if not path.exists():
-        command = classifier_command(split, path, data_dir)
+        command = classifier_command(real.split, path, real.data_dir, real.dataset)
         if not train_missing:
             raise ClassifierMissing(path, command)
-        print(f"classifier not found at {path}: training it on MNIST {split} ({len(real.images)} "
-              f"images; the same as `{command}`)", file=sys.stderr)
-        clf.train_and_save(real.images, real.labels, path, device=device, source=f"MNIST {split}")
+        print(f"classifier not found at {path}: training it on {images.info.title} {real.split} "
+              f"({len(images)} images; the same as `{command}`)", file=sys.stderr)
+        clf.train_and_save(images.images, images.labels, path, clf.training_for(images.info), device=device,
+                           source=f"{images.info.title} {real.split}")
     model, info = clf.load_classifier(path, device)
-    features = clf.classify(model, real.images, device=device).features
-    return Judge(split, None if data_dir is None else str(data_dir), real, model, path, info, features,
-                 device)
+    clf.check_fits(model, images.info, path)
+    features = clf.classify(model, images.images, device=device).features
+    return Judge(real.split, real.data_dir, images, model, path, info, features, device, real)
 
 
 @dataclass(frozen=True)
@@ -84,7 +121,8 @@ class ScoreOptions:
 def score_samples(judge: Judge, samples: np.ndarray, labels: np.ndarray | None = None,
                   model: LoadedModel | None = None, options: ScoreOptions = ScoreOptions(),
                   about: dict | None = None) -> EvaluationReport:
-    """The report of uint8 ``samples`` (N ≥ 2, 28, 28) (``labels``: the digits they were asked
+    """The report of uint8 ``samples`` (N ≥ 2, in the real images' layout) (``labels``: the
+    classes they were asked
     for; ``about``: how they were made, kept in the report): metrics against the real digits,
     the floor, memorisation against the model's training images, and (``model`` given,
     ``options.nll_images`` > 0) the NLL of real digits. The one place a report is built.
@@ -93,13 +131,14 @@ def score_samples(judge: Judge, samples: np.ndarray, labels: np.ndarray | None =
     and held some out, the samples are compared with exactly those. ValueError when the config's
     --limit/--holdout do not fit the split; MNIST errors when its other split is missing.
     """
-    check_samples(samples, labels)
+    check_samples(samples, labels, judge.real.info.shape, len(judge.real.info.class_names))
     train, held_out, described = training_images_of(
         judge.real.images, judge.split, judge.images_of,
-        model.config if model is not None else None, options.train_images)
-    real, which = RealSet(judge.real.images, judge.real_features), f"all of MNIST {judge.split}"
+        model.config if model is not None else None, options.train_images, judge.real.info.title)
+    title = judge.real.info.title
+    real, which = RealSet(judge.real.images, judge.real_features), f"all of {title} {judge.split}"
     if model is not None and model.config.get("split", judge.split) == judge.split and len(held_out) >= 2:
-        which = f"the {len(held_out)} images of MNIST {judge.split} it never trained on"
+        which = f"the {len(held_out)} images of {title} {judge.split} it never trained on"
         real = RealSet(held_out, clf.classify(judge.classifier, held_out, device=judge.device).features)
     parts = evaluate_samples(judge, samples, labels, real, TrainingSplit(train, held_out), options.seed)
     parts["memorisation"]["training_images"] = described
@@ -107,7 +146,8 @@ def score_samples(judge: Judge, samples: np.ndarray, labels: np.ndarray | None =
     if model is not None and options.nll_images:
         nll = _nll(model, train, held_out, options, judge.device)
     return EvaluationReport(
-        real={"split": judge.split, "count": len(real.images), "reference": which}, **parts,
+        real={"dataset": judge.real.info.name, "split": judge.split, "count": len(real.images),
+              "reference": which}, **parts,
         classifier={"path": str(judge.classifier_path), **judge.classifier_info}, nll=nll,
         samples=dict(about or {}))
 
@@ -125,13 +165,16 @@ def _nll(model: LoadedModel, train: np.ndarray, held_out: np.ndarray, options: S
             "timesteps": model.diffusion.num_timesteps}
 
 
-def check_samples(samples: np.ndarray, labels: np.ndarray | None) -> None:
-    """ValueError unless ``samples`` are uint8 digits (N ≥ 2, 28, 28) with matching ``labels``."""
+def check_samples(samples: np.ndarray, labels: np.ndarray | None,
+                  shape: tuple[int, int, int] = MNIST_INFO.shape, num_classes: int = 10) -> None:
+    """ValueError unless ``samples`` are uint8 images (N ≥ 2) of network shape ``shape`` in the
+    pixel layout, with matching ``labels`` (classes 0..num_classes-1)."""
     try:
-        check_arrays("samples", np.asarray(samples), None if labels is None else np.asarray(labels))
+        check_arrays("samples", np.asarray(samples), None if labels is None else np.asarray(labels),
+                     shape, num_classes)
     except SamplesError as err:
         raise ValueError(str(err)) from None
 
 
-__all__ = ["DEFAULT_NLL_IMAGES", "MNIST_ERRORS", "ClassifierMissing", "EvaluationReport", "Judge",
+__all__ = ["DEFAULT_NLL_IMAGES", "MNIST_ERRORS", "ClassifierMissing", "EvaluationReport", "Judge", "RealData",
            "ScoreOptions", "check_samples", "classifier_command", "make_judge", "score_samples"]

@@ -1,9 +1,9 @@
-"""Writing generated digits: an .npz of uint8 images and settings, PNG grids, the reverse figure.
+"""Writing generated images: an .npz of uint8 images and settings, PNG grids, the reverse figure.
 
-``.npz`` → ``images`` uint8 (N, 28, 28), 0 black, 255 white (``labels`` for a conditional
-model, the settings, ``images_per_second``) plus a PNG grid of the first 100 beside it;
-``.png`` → a grid of all N. A trajectory adds ``trajectory`` uint8 (S, 8, 28, 28),
-``trajectory_timesteps`` and ``<name>_reverse.png``.
+``.npz`` → ``images`` uint8 (N, H, W) grey or (N, H, W, 3) colour, 0 black, 255 white
+(``labels`` and ``class_names`` for a conditional model, the settings, ``images_per_second``)
+plus a PNG grid of the first 100 beside it; ``.png`` → a grid of all N. A trajectory adds
+``trajectory`` uint8 (S, 8, H, W[, 3]), ``trajectory_timesteps`` and ``<name>_reverse.png``.
 """
 
 from __future__ import annotations

@@ -164,7 +164,8 @@ def _check_guidance(guidance: float | None) -> None:
 
 @dataclass(frozen=True)
 class Conditioning:
-    """``labels`` (n,) int64 in 0..9 (or NUM_CLASSES, "no label") for a conditional model, None
+    """``labels`` (n,) int64 class indices (the model's ``num_classes``: "no label") for a
+    conditional model, None
     for an unconditional one; ``guidance`` w of classifier-free guidance ε_u + w(ε_c − ε_u)
     (None or 1: the plain conditional model)."""
 
@@ -179,9 +180,8 @@ class Conditioning:
             labels = np.asarray(self.labels)
             if labels.ndim != 1 or labels.dtype.kind not in "iu":
                 raise ValueError(f"labels must be a 1-D integer array, got {labels.dtype} {labels.shape}")
-            if len(labels) and (labels.min() < 0 or labels.max() > NUM_CLASSES):
-                raise ValueError(f"labels must be digits 0-{NUM_CLASSES - 1} (or {NUM_CLASSES}: no "
-                                 f"label), got values {labels.min()}..{labels.max()}")
+            if len(labels) and labels.min() < 0:
+                raise ValueError(f"labels must be class indices >= 0, got {labels.min()}")
             labels = labels.astype(np.int64)
             labels.setflags(write=False)
             object.__setattr__(self, "labels", labels)
@@ -244,8 +244,8 @@ def labels_from_frequencies(n: int, class_counts: list[int], seed: int) -> np.nd
     return np.random.default_rng(seed).choice(len(p), size=n, p=p / p.sum()).astype(np.int64)
 
 
-def class_labels(n: int, digit: str) -> np.ndarray:
-    """``all`` → 0, 1, ..., 9, 0, 1, ... ; a digit d → n copies of d. (n,) int64."""
-    if digit == "all":
-        return np.arange(n, dtype=np.int64) % NUM_CLASSES
-    return np.full(n, int(digit), dtype=np.int64)
+def class_labels(n: int, request: str | int, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """``all`` → 0, 1, ..., K-1, 0, 1, ... ; a class index k → n copies of k. (n,) int64."""
+    if request == "all":
+        return np.arange(n, dtype=np.int64) % num_classes
+    return np.full(n, int(request), dtype=np.int64)

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Literal
 
 import diffusion_core as core
+from nets.data.catalog import named_set
 from nets.device import Precision
 from nets.fields import ConfigError, changes_on_resume, check_fields, flag_of, integer, number, setting, text
-from nets.pixels import IMAGE_SHAPE, NUM_CLASSES
+from nets.pixels import NUM_CLASSES
 from nets.unet import UNetConfig
 
 DEFAULT_EPOCHS = 10  # the length of a run given neither --epochs, --max-steps nor --max-minutes
@@ -71,20 +72,26 @@ def _unet_rule(value) -> str | None:
     if not isinstance(value, dict):
         return f"expected the U-Net's config as a dict, got {type(value).__name__}"
     try:
-        unet = UNetConfig.from_dict(value)
+        UNetConfig.from_dict(value)
     except (TypeError, ValueError) as err:
         return str(err)
-    if (unet.in_channels, unet.image_size) != IMAGE_SHAPE[:2]:
-        return f"a U-Net of {unet.in_channels}×{unet.image_size}² images, not MNIST's 1×28²"
     return None
+
+
+def _channels_rule(value) -> str | None:
+    return None if value is None or value in (1, 3) else f"expected 1 (grey) or 3 (colour), got {value!r}"
 
 
 @dataclass
 class TrainConfig:
     """Everything that defines a run; printed at start and saved in every checkpoint."""
 
-    data_dir: str | None = setting(None, text, resumable=True)  # where the files are: may move
-    split: Split = setting("train")
+    # a named set (mnist, fashion-mnist, kmnist, cifar10) or a folder of images (nets.data)
+    dataset: str = setting("mnist", text)
+    data_dir: str | None = setting(None, text, resumable=True)  # where a named set's files are: may move
+    split: Split = setting("train")  # of a named set; a folder is one split
+    image_size: int | None = setting(None, integer(8, 1024))  # None: the data's own
+    channels: int | None = setting(None, _channels_rule)  # 1 or 3; None: the data's own
     limit: int | None = setting(None, integer(1))
     holdout: int = setting(0, integer(0))  # the last N images of the split, never trained on
     # None: DEFAULT_EPOCHS, unless --max-minutes bounds the run (then the clock alone)
@@ -109,7 +116,8 @@ class TrainConfig:
     label_dropout: float = setting(0.1, number(0, 1, low_open=False, high_open=True))
     # the defaults won the equal-budget study (docs/results.md, "The recipe study"): at a
     # fixed wall clock, width 16 and batch 64 buy 3.3x the steps of width 32 / batch 128.
-    # Its num_classes follows `conditional`; the command's U-Net flags set the rest.
+    # Channels, size and classes follow the data when the run starts (nets.unet.unet_for_data);
+    # the command's U-Net flags set the rest.
     unet: dict = setting(rule=_unet_rule, flag=False, factory=lambda: UNetConfig(
         base_channels=16, num_classes=NUM_CLASSES).to_dict())
     seed: int = setting(0, integer(0, SEED_MAX))
@@ -130,6 +138,8 @@ class TrainConfig:
 
     def __post_init__(self):
         check_fields(self)
+        spec = named_set(self.dataset)
+        self.dataset = spec.name if spec is not None else self.dataset  # "MNIST" is "mnist"
         if self.sample_steps is not None and self.sample_steps > self.timesteps:
             raise ConfigError("sample_steps", f"{self.sample_steps} exceeds timesteps {self.timesteps}")
         self.unet = {**self.unet, "num_classes": NUM_CLASSES if self.conditional else 0}

@@ -12,7 +12,7 @@ import torch
 
 from nets import figures
 from nets.diffusion import Diffusion
-from nets.pixels import IMAGE_SHAPE, NUM_CLASSES, images_to_uint8
+from nets.pixels import images_to_uint8
 from nets.sampling import ChainOptions, DeviceCoefficients, Network, SamplerSettings, sample
 from nets.training.config import TrainConfig
 from nets.training.metrics_log import METRICS_FILE, read_metrics
@@ -37,10 +37,10 @@ def make_figures(cfg: TrainConfig, run_dir: Path, ema: UNet, diffusion: Diffusio
     table = SamplerSettings("ddpm", cfg.sample_steps).table(diffusion.schedule)  # the seed report: DDPM
     coeffs = DeviceCoefficients(table).to(device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    x_T = torch.randn((cfg.num_samples, *IMAGE_SHAPE), generator=gen, device=device)
+    x_T = torch.randn((cfg.num_samples, *ema.config.image_shape), generator=gen, device=device)
     y = None
-    if cfg.conditional:  # one row per digit, guidance w = 1 (plain conditional)
-        y = torch.arange(cfg.num_samples, device=device) % NUM_CLASSES
+    if cfg.conditional:  # one class after another, guidance w = 1 (plain conditional)
+        y = torch.arange(cfg.num_samples, device=device) % ema.config.num_classes
     ema.eval()
     t0 = time.perf_counter()
     result = sample(Network(ema, diffusion, amp_dtype), coeffs, x_T,
@@ -50,6 +50,6 @@ def make_figures(cfg: TrainConfig, run_dir: Path, ema: UNet, diffusion: Diffusio
           f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
     figures.save_grid(images_to_uint8(result.images), run_dir / "samples.png")
     chains = min(REVERSE_CHAINS, cfg.num_samples)
-    snaps = np.stack([images_to_uint8(s[:chains]) for s in result.snapshots])  # (S, N, 28, 28)
+    snaps = np.stack([images_to_uint8(s[:chains]) for s in result.snapshots])  # (S, N, H, W[, 3])
     figures.plot_reverse(snaps, result.snapshot_timesteps, run_dir / "reverse.png")
     print(f"figures written to {run_dir}", file=sys.stderr)

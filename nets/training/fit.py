@@ -29,10 +29,9 @@ import torch
 
 from nets import device as devices
 from nets.checkpoint import CheckpointError, load_checkpoint
-from nets.data import MnistArrays, load_mnist, training_and_held_out
+from nets.data import DatasetInfo, ImageSet, load_dataset, named_set, training_and_held_out
 from nets.fields import ConfigError
 from nets.files import remove_stale_temp_files, write_json_atomic
-from nets.pixels import NUM_CLASSES
 from nets.sampling import Network
 from nets.training import distributed
 from nets.training.config import UNBOUNDED_STEPS, TrainConfig, resumed_config, run_dir_of, saved_config
@@ -43,6 +42,7 @@ from nets.training.metrics_log import METRICS_FILE, read_metrics, write_metrics
 from nets.training.preview import PREVIEW_FILES, Preview, preview_every
 from nets.training.run import TrainingData, TrainingRun, build_run, restore, training_data, wrap_for_training
 from nets.training.step import Objective
+from nets.unet import unet_for_data
 
 # written atomically, so a killed write may leave their temp files
 RUN_FILES = ("checkpoint.pt", METRICS_FILE, "config.json", *FIGURE_FILES, *PREVIEW_FILES)
@@ -221,14 +221,19 @@ def make_writable_dir(path: Path) -> list[Path]:
 
 def start_run(cfg: TrainConfig, world: World, resume: Resume | None,
               objective: Objective | None) -> tuple[TrainingRun, TrainingData]:
-    """The run at its first step to train: model, optimizer and data, restored when resuming."""
+    """The run at its first step to train: data, the model fitted to it, optimizer, restored
+    when resuming."""
     try:
         amp = devices.autocast_dtype(cfg.precision, world.device)
     except ValueError as err:
         raise ConfigError("precision", str(err)) from None
+    images = read_dataset(cfg, world)
+    cfg = model_follows_data(cfg, images.info, world, resumed=resume is not None)
     run = build_run(cfg, world, Path(cfg.run_dir), amp, objective)
-    data = load_data(cfg, world, run.memory_format)
-    run.class_counts = torch.bincount(data.labels.cpu(), minlength=NUM_CLASSES).tolist()
+    data = load_data(images, cfg, world, run.memory_format)
+    run.dataset = images.info.record()
+    if cfg.conditional:
+        run.class_counts = torch.bincount(data.labels.cpu(), minlength=len(images.info.class_names)).tolist()
     if resume is not None:
         restore_checked(run)
         if resume.moved_end:
@@ -238,15 +243,43 @@ def start_run(cfg: TrainConfig, world: World, resume: Resume | None,
     return run, data
 
 
-def load_data(cfg: TrainConfig, world: World, memory_format: torch.memory_format) -> TrainingData:
-    """The run's training images on the device (never its held-out ones); one download per machine."""
+def read_dataset(cfg: TrainConfig, world: World) -> ImageSet:
+    """The run's dataset, whole (one download, or one decode of a folder, per machine)."""
     with world.local_main_first():
-        arrays = load_mnist(cfg.data_dir, cfg.split)
-    train_rows, held_rows = training_and_held_out(len(arrays), cfg.limit, cfg.holdout)
-    data = training_data(MnistArrays(arrays.images[train_rows], arrays.labels[train_rows]), cfg,
-                         world, memory_format)
+        images = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, cfg.image_size, cfg.channels)
+    if world.is_main:
+        for note in images.info.notes:
+            say(f"data: {note}")
+    return images
+
+
+def model_follows_data(cfg: TrainConfig, info: DatasetInfo, world: World, resumed: bool) -> TrainConfig:
+    """``cfg`` with its U-Net fitted to the data (channels, size, classes; levels by size), and
+    unconditional for an unlabelled dataset. A resumed run whose data no longer fits its model
+    is a ConfigError naming ``dataset``."""
+    conditional = cfg.conditional and info.labelled
+    if cfg.conditional and not conditional and world.is_main:
+        say(f"data: {info.title} has no class folders, so the model is unconditional")
+    try:
+        unet = unet_for_data(cfg.unet, info.shape, len(info.class_names) if conditional else 0)
+    except ValueError as err:
+        raise ConfigError("image_size", str(err)) from None
+    if resumed and unet != cfg.unet:
+        raise ConfigError("dataset", f"{info.describe()} no longer fits the run's model (trained on "
+                          f"{cfg.unet['in_channels']}×{cfg.unet['image_size']}² images, "
+                          f"{cfg.unet['num_classes']} classes)")
+    return replace(cfg, unet=unet, conditional=conditional)
+
+
+def load_data(images: ImageSet, cfg: TrainConfig, world: World,
+              memory_format: torch.memory_format) -> TrainingData:
+    """The run's training images on the device (never its held-out ones)."""
+    train_rows, held_rows = training_and_held_out(len(images), cfg.limit, cfg.holdout)
+    labels = None if images.labels is None else images.labels[train_rows]
+    data = training_data(images.images[train_rows], labels, cfg, world, memory_format)
     if world.is_main and cfg.holdout:
-        say(f"held out: MNIST {cfg.split}[{held_rows.start}:{held_rows.stop}] ({cfg.holdout} images), "
+        where = images.info.title + ("" if images.info.is_folder else f" {cfg.split}")
+        say(f"held out: {where}[{held_rows.start}:{held_rows.stop}] ({cfg.holdout} images), "
             f"never trained on")
     return data
 
@@ -279,8 +312,8 @@ def report_start(run: TrainingRun, data: TrainingData, resumed: bool) -> None:
     """Rank 0's start-up lines: data, batch and lr, the step resumed at, model size, arithmetic."""
     cfg, world = run.cfg, run.world
     steps = "until the clock" if data.total_steps == UNBOUNDED_STEPS else f"{data.total_steps} steps"
-    say(f"data: {data.count} images ({cfg.split}), {data.steps_per_epoch} steps/epoch, {steps}, "
-        f"device {world.device}")
+    say(f"data: {data.count} images ({data_description(cfg)}), {data.steps_per_epoch} steps/epoch, "
+        f"{steps}, device {world.device}")
     say(f"batch: {data.global_batch} images per step = {cfg.batch_size} per process × {world.size} "
         f"process{'es' if world.size > 1 else ''}; peak lr {cfg.lr:g}, never scaled with the "
         f"batch{lr_decay_note(cfg, data.total_steps)}")
@@ -290,6 +323,15 @@ def report_start(run: TrainingRun, data: TrainingData, resumed: bool) -> None:
     fmt = "channels_last" if run.memory_format == torch.channels_last else "contiguous"
     say(f"precision: {devices.describe_precision(run.amp_dtype)} (--precision {cfg.precision} on "
         f"{world.device.type}), {fmt} activations")
+
+
+def data_description(cfg: TrainConfig) -> str:
+    """The dataset and split in a few words: "mnist train", "the folder photos, colour 64×64"."""
+    c, size = cfg.unet["in_channels"], cfg.unet["image_size"]
+    shape = f"{'grey' if c == 1 else 'colour'} {size}×{size}"
+    if named_set(cfg.dataset) is None:
+        return f"the folder {cfg.dataset}, {shape}"
+    return f"{cfg.dataset} {cfg.split}, {shape}"
 
 
 def lr_decay_note(cfg: TrainConfig, end: int) -> str:

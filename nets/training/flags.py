@@ -11,13 +11,15 @@ from __future__ import annotations
 import argparse
 
 from nets import cli
+from nets.data.catalog import NAMES
 from nets.fields import ConfigError, choices
 from nets.training.config import DEFAULT_EPOCHS, TrainConfig, parse_preview_every
 from nets.unet import UNetConfig
 
 
 def build_parser() -> cli.Parser:
-    p = cli.Parser(prog="python -m nets.train", description="Train a DDPM on MNIST: python -m nets.train.")
+    p = cli.Parser(prog="python -m nets.train",
+                   description="Train a DDPM on MNIST, another dataset or a folder of images.")
     d = TrainConfig()
     add_data_flags(p.add_argument_group("data and length"), d)
     add_optimizer_flags(p.add_argument_group("optimizer"), d)
@@ -27,9 +29,19 @@ def build_parser() -> cli.Parser:
 
 
 def add_data_flags(g, d: TrainConfig) -> None:
+    g.add_argument("--dataset", default=d.dataset,
+                   help=f"what to train on: {', '.join(NAMES)} (downloaded into --data-dir when "
+                   "missing), or a folder of images (class subfolders give the labels; decoded once "
+                   "into a cache). The model's channels, size and classes follow the data")
     cli.add_data_dir(g)
     g.add_argument("--split", choices=choices(TrainConfig, "split"), default=d.split,
-                   help="which MNIST split to train on")
+                   help="which split of a named set to train on")
+    g.add_argument("--image-size", type=cli.int_at_least(8),
+                   help="train at this size: images are resized (shorter side) and centre-cropped "
+                   "(default: the data's own; a folder's most common size). 28 and 32 get the 3-level "
+                   "U-Net, 64 a 4-level one with attention at 16 and 8")
+    g.add_argument("--channels", type=int, choices=(1, 3),
+                   help="1: greyscale, 3: colour (default: as the data is)")
     g.add_argument("--limit", type=cli.positive_int, help="use only the first N images")
     g.add_argument("--holdout", type=cli.int_at_least(0), default=d.holdout,
                    help="keep the last N images of the split out of training, recorded in the run: "
@@ -144,8 +156,9 @@ def config_values(given: dict, base: TrainConfig) -> dict:
     """The TrainConfig fields the ``given`` flags set (``cli.given_flags``), over ``base``: the
     U-Net's flags are folded into its ``unet``; ConfigError naming what does not fit."""
     values = {k: v for k, v in given.items() if k not in UNET_FLAGS and k not in COMMAND_FLAGS}
-    if "data_dir" in values and values["data_dir"] is not None:
-        values["data_dir"] = str(values["data_dir"])
+    for key in ("data_dir", "dataset"):
+        if values.get(key) is not None:
+            values[key] = str(values[key])
     if any(k in given for k in UNET_FLAGS):
         values["unet"] = unet_from_flags(given, base.unet)
     return values

@@ -23,7 +23,7 @@ import torch
 
 from nets import figures
 from nets.files import save_npz_atomic
-from nets.pixels import IMAGE_SHAPE, NUM_CLASSES, images_to_uint8
+from nets.pixels import images_to_uint8
 from nets.sampling import ChainOptions, DeviceCoefficients, Network, SamplerSettings, sample
 from nets.sampling.settings import min_steps
 from nets.training.config import PreviewEvery, TrainConfig, parse_preview_every
@@ -40,6 +40,7 @@ def preview_sampler(num_timesteps: int) -> SamplerSettings:
     return SamplerSettings(PREVIEW_SAMPLER.sampler, steps=steps)
 PER_CLASS = 4  # rows of a conditional preview: 4 × 10 digits
 UNCONDITIONAL_DIGITS = 40
+ROW = 10  # images per row; a conditional model with more classes shows its first 10
 PREVIEWS_PER_RUN = 10  # the default --preview-every: a tenth of the run
 MAX_SHARE = 0.05  # of the run's wall time, at most, spent on previews
 PREVIEW_FILES = ("preview.png", "preview-history.png", "preview-history.npz")
@@ -62,11 +63,12 @@ class Preview:
                  capped: bool = True):
         self.run_dir, self.net, self.every, self.capped = run_dir, net, every, capped
         device = net.device
-        conditional = net.model.config.num_classes > 0
-        n = PER_CLASS * NUM_CLASSES if conditional else UNCONDITIONAL_DIGITS
+        classes = min(net.model.config.num_classes, ROW)
+        self.ncol = classes or ROW
+        n = PER_CLASS * classes if classes else UNCONDITIONAL_DIGITS
         gen = torch.Generator(device=device).manual_seed(seed)
-        self.x_T = torch.randn((n, *IMAGE_SHAPE), generator=gen, device=device)
-        y = torch.arange(n, device=device) % NUM_CLASSES if conditional else None
+        self.x_T = torch.randn((n, *net.model.config.image_shape), generator=gen, device=device)
+        y = torch.arange(n, device=device) % classes if classes else None
         self.options = ChainOptions(y=y)
         schedule = net.diffusion.schedule
         self.coeffs = DeviceCoefficients(preview_sampler(schedule.num_timesteps).table(schedule)).to(device)
@@ -106,9 +108,9 @@ class Preview:
         self.net.model.eval()
         result = sample(self.net, self.coeffs, self.x_T, _no_noise, self.options)  # an ODE: no z
         images = images_to_uint8(result.images)
-        figures.save_grid(images, self.run_dir / "preview.png", ncol=NUM_CLASSES)
+        figures.save_grid(images, self.run_dir / "preview.png", ncol=self.ncol)
         self.steps.append(step)
-        self.rows.append(images[:NUM_CLASSES])
+        self.rows.append(images[:self.ncol])
         save_npz_atomic(self.run_dir / "preview-history.npz", steps=np.asarray(self.steps, np.int64),
                         images=np.stack(self.rows))
         figures.save_digit_rows(self.run_dir / "preview-history.png",

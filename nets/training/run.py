@@ -11,7 +11,6 @@ import numpy as np
 import torch
 
 from nets.checkpoint import load_checkpoint, load_weights
-from nets.data import MnistArrays
 from nets.device import memory_format_for
 from nets.diffusion import Diffusion, make_schedule
 from nets.fields import ConfigError
@@ -29,7 +28,7 @@ if TYPE_CHECKING:
 class TrainingData:
     """The whole split as one tensor on the device, and how steps walk through it."""
 
-    images: torch.Tensor  # (N, 1, 28, 28) float32 in [-1, 1], in the run's memory format
+    images: torch.Tensor  # (N, C, H, W) float32 in [-1, 1], in the run's memory format
     labels: torch.Tensor  # (N,) int64
     global_batch: int  # images per optimizer step over all ranks
     steps_per_epoch: int
@@ -40,20 +39,21 @@ class TrainingData:
         return len(self.images)
 
 
-def training_data(arrays: MnistArrays, cfg: TrainConfig, world: World,
+def training_data(images: np.ndarray, labels: np.ndarray | None, cfg: TrainConfig, world: World,
                   memory_format: torch.memory_format) -> TrainingData:
-    """``arrays`` (already cut to --limit) on the device; ValueError if one step needs more
-    images than there are."""
-    n = len(arrays.images)
+    """``images`` in the pixel layout (already cut to --limit) and their ``labels`` (None:
+    unlabelled, all 0) on the device; ValueError if one step needs more images than there are."""
+    n = len(images)
     global_batch = cfg.batch_size * world.size  # per step; each rank trains on cfg.batch_size of it
     if global_batch > n:
         raise ConfigError("batch_size", f"{cfg.batch_size}"
                           + (f" × {world.size} processes" if world.size > 1 else "")
                           + f" exceeds the {n} training images")
-    images = to_training_tensor(arrays.images, world.device).contiguous(memory_format=memory_format)
-    labels = torch.as_tensor(np.asarray(arrays.labels, dtype=np.int64), device=world.device)
+    tensor = to_training_tensor(images, world.device).contiguous(memory_format=memory_format)
+    labels = torch.as_tensor(np.zeros(n, np.int64) if labels is None else np.asarray(labels, dtype=np.int64),
+                             device=world.device)
     steps_per_epoch = n // global_batch
-    return TrainingData(images, labels, global_batch, steps_per_epoch,
+    return TrainingData(tensor, labels, global_batch, steps_per_epoch,
                         total_steps(cfg, steps_per_epoch))
 
 
@@ -74,7 +74,8 @@ class TrainingRun:
     amp_dtype: torch.dtype | None
     memory_format: torch.memory_format
     step: int = 0
-    class_counts: list[int] | None = None  # training images per digit: nets.sample --digit frequencies
+    class_counts: list[int] | None = None  # training images per class: nets.sample's label frequencies
+    dataset: dict | None = None  # what it trains on (nets.data.DatasetInfo.record), kept in checkpoints
     planned_end: int | None = None  # the last step the --max-minutes budget fixed (nets.training.budget)
     preview: Preview | None = None  # rank 0's live preview, if any
     record: dict = field(default_factory=dict)  # more entries for the checkpoint (a distilled student's)
@@ -87,7 +88,7 @@ class TrainingRun:
     def checkpoint_state(self) -> dict:
         return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "step": self.step,
-                "config": asdict(self.cfg), "class_counts": self.class_counts,
+                "config": asdict(self.cfg), "class_counts": self.class_counts, "dataset": self.dataset,
                 "planned_end": self.planned_end,
                 "rng": {"generator": self.gen.get_state(), "torch": torch.get_rng_state()},
                 **self.record}

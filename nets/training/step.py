@@ -12,7 +12,6 @@ from typing import NamedTuple, Protocol
 
 import torch
 
-from nets.pixels import NUM_CLASSES
 from nets.training.config import TrainConfig
 
 
@@ -41,13 +40,13 @@ def draw_batch(data: torch.Tensor, targets: torch.Tensor, idx: torch.Tensor, row
     """
     global_batch, device = len(idx), data.device
     idx = idx[rows]
-    x0 = data[idx]  # (B, 1, 28, 28), B = cfg.batch_size
+    x0 = data[idx]  # (B, C, H, W), B = cfg.batch_size
     t = torch.randint(0, cfg.timesteps, (global_batch,), generator=gen, device=device)[rows]
     noise = torch.randn((global_batch, *x0.shape[1:]), generator=gen, device=device)[rows]
     y = None
-    if cfg.conditional:  # classifier-free guidance: drop labels to "no label" (index NUM_CLASSES)
+    if cfg.conditional:  # classifier-free guidance: drop labels to "no label" (index num_classes)
         drop = torch.rand(global_batch, generator=gen, device=device)[rows] < cfg.label_dropout
-        y = torch.where(drop, torch.full_like(targets[idx], NUM_CLASSES), targets[idx])
+        y = torch.where(drop, torch.full_like(targets[idx], cfg.unet["num_classes"]), targets[idx])
     return Batch(x0, t, noise, y)
 
 
