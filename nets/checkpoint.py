@@ -179,6 +179,7 @@ def load_model(path: str | os.PathLike, weights: str = "ema",
         raise CheckpointError(f"{resolved} is not a DDPM checkpoint of this package "
                               f"(its config does not describe a U-Net and schedule: "
                               f"{type(err).__name__}: {err})") from None
+    dataset = dataset_of(state.get("dataset"), unet_config, resolved)
     key = "ema" if weights == "ema" else "model"
     if not isinstance(state.get(key), dict):
         raise CheckpointError(f"{resolved} holds no {weights} weights"
@@ -187,7 +188,6 @@ def load_model(path: str | os.PathLike, weights: str = "ema",
     model.requires_grad_(False)
     record = state.get("distilled")
     distilled = None if record is None else Distilled.from_record(record, resolved, diffusion.num_timesteps)
-    dataset = dataset_of(state.get("dataset"), unet_config, resolved)
     return LoadedModel(model.to(device).eval(), diffusion.to(device), cfg, step, resolved,
                        _class_counts(state.get("class_counts"), unet_config.num_classes, resolved), weights,
                        distilled, dataset)

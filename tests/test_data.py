@@ -372,8 +372,8 @@ def test_images_to_uint8_rounds_and_clips():
 def test_conversions_reject_wrong_shapes_and_dtypes():
     with pytest.raises(ValueError, match="uint8"):
         to_training_tensor(np.zeros((2, 28, 28), dtype=np.float32))
-    with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
-        images_to_uint8(np.zeros((2, 3, 28, 28)))
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        images_to_uint8(np.zeros((2, 2, 28, 28)))  # neither grey nor RGB
 
 
 # ---------------------------------------------------------------------------------------------

@@ -142,7 +142,9 @@ class TrainConfig:
         self.dataset = spec.name if spec is not None else self.dataset  # "MNIST" is "mnist"
         if self.sample_steps is not None and self.sample_steps > self.timesteps:
             raise ConfigError("sample_steps", f"{self.sample_steps} exceeds timesteps {self.timesteps}")
-        self.unet = {**self.unet, "num_classes": NUM_CLASSES if self.conditional else 0}
+        # a conditional model keeps its dataset's class count (nets.unet.unet_for_data sets it)
+        classes = (self.unet.get("num_classes") or NUM_CLASSES) if self.conditional else 0
+        self.unet = {**self.unet, "num_classes": classes}
 
 
 # What a run did before its config had these fields: a resumed old checkpoint keeps its own
