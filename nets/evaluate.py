@@ -31,7 +31,7 @@ import torch
 
 from nets import cli
 from nets.checkpoint import CheckpointError, LoadedModel, load_model
-from nets.data import MNIST_ERRORS
+from nets.data import MNIST_ERRORS, named_set
 from nets.evaluation import classifier as clf
 from nets.evaluation.nll import DEFAULT_NLL_IMAGES
 from nets.evaluation.protocol import calibrate
@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             loaded = load_model(args.checkpoint, args.weights, device)
         except CheckpointError as err:
             cli.fail(f"--checkpoint: {err}")
+    if samples is not None:  # before any real data is read
+        check_samples_or_exit(samples, labels, loaded, args.dataset)
     judge = judge_or_exit(args, device, loaded)
     if args.calibrate:
         report = calibrate(judge.real.images, judge.real_features, judge.classifier, args.seed, device,
@@ -166,6 +168,22 @@ def main(argv: list[str] | None = None) -> int:
     if json_path is not None:
         write_json(report, json_path)
     return 0
+
+
+def check_samples_or_exit(samples, labels, loaded: LoadedModel | None, dataset: str | None) -> None:
+    """Exit 2 naming --samples unless they have the shape (and labels the classes) of the
+    checkpoint's model, else of the named --dataset (a folder's shape is known once it is read)."""
+    if loaded is not None and dataset in (None, loaded.dataset.name):
+        shape, classes = loaded.model.config.image_shape, max(len(loaded.dataset.class_names), 1)
+    else:
+        spec = named_set(dataset or "mnist")
+        if spec is None:
+            return
+        shape, classes = spec.shape, len(spec.class_names)
+    try:
+        check_samples(samples, labels, shape, classes)
+    except ValueError as err:
+        cli.fail(f"--samples: {err}")
 
 
 def score_or_exit(args, judge: Judge, loaded: LoadedModel | None, samples: tuple) -> EvaluationReport:

@@ -252,6 +252,8 @@ class Pipeline:
         if self.conditional:
             out["guidance"] = 1.0 if cond.guidance is None else float(cond.guidance)
             out["label"] = self._label_request(label)
+            if m.dataset.name == "mnist":
+                out["digit"] = out["label"]  # the key's name before other datasets
             out["class_names"] = list(self.class_names)
         if self.guide is not None:
             out.update(guide_model=str(self.guide.path), guide_step=self.guide.step,

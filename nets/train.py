@@ -55,16 +55,17 @@ def main(argv: list[str] | None = None) -> int:
                                  "interrupted (Ctrl-C) before training started; nothing to save",
                                  checkpoint_flag="--resume" if args.resume else "")
     if run is not None and cli.main_process():
-        print_next_steps(run.run_dir, run.config.conditional)
+        print_next_steps(run.run_dir, run.config.unet["num_classes"] if run.config.conditional else 0)
     return code
 
 
-def print_next_steps(run_dir: Path, conditional: bool) -> None:
-    """The run's last lines: where its files are, and the next command."""
+def print_next_steps(run_dir: Path, classes: int) -> None:
+    """The run's last lines: where its files are, and the next command (``classes``: of a
+    conditional model, else 0)."""
     made = [name for name in FIGURE_FILES if (run_dir / name).exists()]
     if made:
         print(f"figures: {', '.join(str(run_dir / name) for name in made)}", file=sys.stderr)
-    ask = " --digit 7 --guidance 2" if conditional else ""
+    ask = f" --class {min(7, classes - 1)} --guidance 2" if classes else ""
     print(f"next: python -m nets.sample --checkpoint {run_dir}{ask}   (from Python: "
           f"nets.load(\"{run_dir}\").sample(16))", file=sys.stderr)
 

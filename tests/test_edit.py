@@ -50,7 +50,7 @@ def test_invert_writes_originals_latents_reconstructions_and_prints_the_error(ch
         assert f["reconstructions"].shape == (4, 28, 28) and f["reconstructions"].dtype == np.uint8
         np.testing.assert_array_equal(f["index"], [0, 1, 2, 7])
         errors = f["round_trip_error"]
-    assert "digit 7: round-trip RMS error" in err and f"mean RMS error {errors.mean():.4f}" in err
+    assert "image 7: round-trip RMS error" in err and f"mean RMS error {errors.mean():.4f}" in err
     assert Image.open(out.with_suffix(".png")).size[0] > 100
 
 
@@ -109,8 +109,8 @@ def test_interpolate_between_two_real_digits_runs(checkpoints, tmp_path, capsys,
     (["interpolate", "--index", "3,7,9"], "two digits"),
     (["inpaint", "--mask", "diagonal"], "invalid choice: 'diagonal'"),
     (["inpaint", "--mask-file", "GREY"], "not black and white"),
-    (["inpaint", "--mask-file", "SMALL"], "not 28×28"),
-    (["inpaint", "--index", "1,2"], "completes one digit"),
+    (["inpaint", "--mask-file", "SMALL"], "not the model's 28×28"),
+    (["inpaint", "--index", "1,2"], "completes one image"),
     (["invert", "--digit", "3"], "unconditional"),
     (["invert", "--out", "x.png"], "must end in .npz"),
 ])

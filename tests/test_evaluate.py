@@ -170,7 +170,7 @@ def test_classifier_file_of_another_kind_is_refused(tmp_path):
     from nets.checkpoint import save_checkpoint
 
     path = save_checkpoint({"model": {}, "config": {}}, tmp_path / "x.pt")
-    with pytest.raises(clf.ClassifierError, match="not an MNIST classifier"):
+    with pytest.raises(clf.ClassifierError, match="not a classifier file"):
         clf.load_classifier(path)
 
 
@@ -290,9 +290,9 @@ def test_real_digits_as_samples_score_like_the_real_floor(tmp_path, capsys, trai
     # (noise and blur score 20x to 300x; docs/evaluation.md).
     assert m["frechet_distance"] < 4 * floor["frechet_distance"]
     assert 0.8 < m["memorisation_ratio"] < 1.25
-    assert m["label_agreement"] >= 0.95 and "requested digit" in out.out
+    assert m["label_agreement"] >= 0.95 and "requested class" in out.out
     per_digit = m["label_agreement_per_digit"]
-    assert len(per_digit) == 10 and min(per_digit) >= 0.85 and "requested digit 7" in out.out
+    assert len(per_digit) == 10 and min(per_digit) >= 0.85 and "requested class 7" in out.out
     counts = np.bincount(data.labels[pick], minlength=10)  # the overall share is their weighted mean
     assert np.isclose(np.dot(per_digit, counts) / counts.sum(), m["label_agreement"])
 

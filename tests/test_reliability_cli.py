@@ -22,6 +22,9 @@ TINY = [*tiny_flags(), "--max-steps", "1"]
 # folder, "MISSING" a path that does not exist; a value None means the flag alone (store_true
 # flags are given "=1", which they refuse).
 BAD = {
+    "--dataset": ["no-such-set", "EMPTY", "FILE"],  # EMPTY: a folder without images
+    "--image-size": ["0", "7", "30", "x"],  # 30: the U-Net's levels cannot halve it twice
+    "--channels": ["2", "0", "rgb"],
     "--data-dir": ["FILE"],
     "--split": ["validation"],
     "--limit": ["0", "-3", "ten", "1.5"],

@@ -160,7 +160,7 @@ def test_cli_digit_frequencies_without_recorded_counts_exits_2(tmp_path, capsys)
     ckpt = write(tmp_path / "old.pt", tiny_model(10), 10)
     code, err = run_main("--checkpoint", ckpt, "--digit", "frequencies", "--out",
                          tmp_path / "o.npz")
-    assert code == 2 and "class counts" in err and "--digit all" in err
+    assert code == 2 and "class counts" in err and "--class all" in err
 
 
 def test_a_checkpoint_with_garbled_class_counts_exits_2(tmp_path, capsys):

@@ -94,11 +94,11 @@ def test_resume_with_nothing_to_train_says_so_and_makes_only_missing_figures(tmp
 
     (run_dir / "samples.png").unlink()
     code, stderr = train_in_process("--resume", run_dir, "--max-steps", 3)
-    assert code == 0 and "nothing to train" in stderr and "sampled 4 digits" in stderr
+    assert code == 0 and "nothing to train" in stderr and "sampled 4 images" in stderr
     assert (run_dir / "samples.png").exists()
 
     code, stderr = train_in_process("--resume", run_dir, "--max-steps", 3, "--redo-figures")
-    assert code == 0 and "sampled 4 digits" in stderr
+    assert code == 0 and "sampled 4 images" in stderr
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from nets.data.checksums import MNIST_CHECKSUMS, FileChecksum
+from nets.data.fetch import DEFAULT_MIRRORS
 
 DIGITS = tuple(str(d) for d in range(10))
 
@@ -50,11 +51,8 @@ CIFAR10_ARCHIVE = "cifar-10-binary.tar.gz"
 CIFAR10_ARCHIVE_BYTES = 170_052_171
 
 NAMED_SETS: Mapping[str, NamedSet] = MappingProxyType({
-    "mnist": NamedSet("mnist", "MNIST", "idx", (1, 28, 28), DIGITS, (
-        "https://ossci-datasets.s3.amazonaws.com/mnist/",
-        "https://storage.googleapis.com/cvdf-datasets/mnist/",
-        "http://yann.lecun.com/exdb/mnist/",
-    ), MNIST_CHECKSUMS, "CC BY-SA 3.0 (LeCun, Cortes and Burges)"),
+    "mnist": NamedSet("mnist", "MNIST", "idx", (1, 28, 28), DIGITS, DEFAULT_MIRRORS, MNIST_CHECKSUMS,
+                      "CC BY-SA 3.0 (LeCun, Cortes and Burges)"),
     "fashion-mnist": NamedSet("fashion-mnist", "Fashion-MNIST", "idx", (1, 28, 28), (
         "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
         "Ankle boot"), (

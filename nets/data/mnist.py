@@ -70,7 +70,7 @@ def load_mnist(data_dir: str | os.PathLike[str] | None, split: Split, download: 
                checksums: Mapping[str, FileChecksum] | None = None,
                timeout: float = 30.0) -> MnistArrays:
     """Load one MNIST split: `load_idx_set` of MNIST (its mirrors: `nets.data.fetch.mnist_mirrors`)."""
-    return load_idx_set(NAMED_SETS["mnist"], data_dir, split, download, fetch.mnist_mirrors(base_urls),
+    return load_idx_set(NAMED_SETS["mnist"], data_dir, split, download, base_urls,
                         checksums=checksums, timeout=timeout)
 
 
@@ -95,7 +95,10 @@ def load_idx_set(dataset: NamedSet, data_dir: str | os.PathLike[str] | None, spl
     table = dataset.checksums if checksums is None else checksums
     images_name, labels_name = SPLIT_FILES[split]
     specs = [_checksum_for(table, name) for name in (images_name, labels_name)]
-    mirrors = (tuple(base_urls) if base_urls is not None else dataset.mirrors) if download else None
+    mirrors = None
+    if download:  # MNIST's: $DDPM_MNIST_MIRRORS too (fetch.mnist_mirrors)
+        own = tuple(base_urls or dataset.mirrors)
+        mirrors = fetch.mnist_mirrors(base_urls) if dataset.name == "mnist" else own
     where = Where(dataset.title, data_dir, split)
     paths = [_find_or_download(where, name, spec, mirrors, timeout)
              for name, spec in zip((images_name, labels_name), specs, strict=True)]

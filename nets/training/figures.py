@@ -46,7 +46,7 @@ def make_figures(cfg: TrainConfig, run_dir: Path, ema: UNet, diffusion: Diffusio
     result = sample(Network(ema, diffusion, amp_dtype), coeffs, x_T,
                     lambda k, like: torch.randn(like.shape, generator=gen, device=device),
                     ChainOptions(y=y, num_snapshots=REVERSE_SNAPSHOTS))
-    print(f"sampled {cfg.num_samples} digits ({coeffs.num_steps} DDPM steps) in "
+    print(f"sampled {cfg.num_samples} images ({coeffs.num_steps} DDPM steps) in "
           f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
     figures.save_grid(images_to_uint8(result.images), run_dir / "samples.png")
     chains = min(REVERSE_CHAINS, cfg.num_samples)

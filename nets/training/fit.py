@@ -29,7 +29,7 @@ import torch
 
 from nets import device as devices
 from nets.checkpoint import CheckpointError, load_checkpoint
-from nets.data import DatasetInfo, ImageSet, load_dataset, named_set, training_and_held_out
+from nets.data import DatasetInfo, ImageSet, MnistFormatError, load_dataset, named_set, training_and_held_out
 from nets.fields import ConfigError
 from nets.files import remove_stale_temp_files, write_json_atomic
 from nets.sampling import Network
@@ -246,7 +246,12 @@ def start_run(cfg: TrainConfig, world: World, resume: Resume | None,
 def read_dataset(cfg: TrainConfig, world: World) -> ImageSet:
     """The run's dataset, whole (one download, or one decode of a folder, per machine)."""
     with world.local_main_first():
-        images = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, cfg.image_size, cfg.channels)
+        try:
+            images = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, cfg.image_size, cfg.channels)
+        except MnistFormatError as err:
+            if named_set(cfg.dataset) is not None:
+                raise  # a named set's file: the message names it
+            raise ConfigError("dataset", str(err)) from None  # the folder is the --dataset value
     if world.is_main:
         for note in images.info.notes:
             say(f"data: {note}")
