@@ -22,6 +22,7 @@ from nets.data import (
     load_dataset,
     training_and_held_out,
 )
+from nets.data import folder as folder_module
 from nets.data.catalog import named_set
 from nets.data.cifar10 import RECORD_BYTES
 from nets.data.folder import load_folder, scan_folder
@@ -232,7 +233,9 @@ def test_the_second_load_memory_maps_the_cache_and_a_changed_file_is_decoded_aga
     root = tmp_path / "set"
     paths = [save(root / "c" / f"{i}.png", Image.new("L", (28, 28), i)) for i in range(5)]
     first = load_folder(root, progress=False)
-    second = load_folder(root, progress=False)
+    with pytest.MonkeyPatch.context() as mp:  # a cached run opens no image, not even its header
+        mp.setattr(folder_module, "open_image", lambda path: pytest.fail(f"{path} was opened"))
+        second = load_folder(root, progress=False)
     assert not first.from_cache and second.from_cache
     assert isinstance(second.images, np.memmap)
     np.testing.assert_array_equal(first.images, second.images)
@@ -289,3 +292,10 @@ def test_colour_pixels_cross_to_the_network_and_back_exactly():
     assert tuple(x.shape) == (4, 3, 8, 8) and float(x.abs().max()) <= 1.0
     assert x[1, 2, 3, 4].item() == pytest.approx(images[1, 3, 4, 2] / 127.5 - 1, abs=1e-6)
     np.testing.assert_array_equal(images_to_uint8(x), images)
+
+
+def test_large_images_are_read_at_the_largest_preset_unless_a_size_is_asked_for(tmp_path):
+    for i in range(2):
+        save(tmp_path / "big" / f"{i}.png", Image.new("RGB", (300, 200), (i, 50, 90)))
+    assert load_dataset(str(tmp_path / "big")).info.shape == (3, 64, 64)
+    assert load_dataset(str(tmp_path / "big"), image_size=96).images.shape == (2, 96, 96, 3)

@@ -8,7 +8,7 @@ Pillow has no reader for (by suffix: ``README.txt``) are skipped. Every image is
 Pixels, one documented way:
   * size: the shorter side is resized to ``image_size`` (bicubic, antialiased) and the longer one
     centre-cropped; an image already ``image_size`` square is kept exactly. ``image_size`` None:
-    the most common shorter side of the images.
+    the most common shorter side of the images, at most 64 (the largest U-Net preset).
   * alpha (RGBA, LA, a palette with a transparent colour) is composited over black, the
     background of every dataset here (0 = background); a palette image is converted to its colours;
     16-bit greyscale is scaled to 8 bits (÷ 257).
@@ -40,9 +40,11 @@ from PIL import Image, UnidentifiedImageError
 
 from nets.data.idx import MnistFormatError
 from nets.data.mnist import user_cache_dir
+from nets.files import write_text_atomic
 from nets.progress import Progress
 
 CACHE_VERSION = 1
+LARGEST_AUTO_SIZE = 64  # images larger than the largest preset are read at it unless asked
 GREY_MODES = frozenset({"1", "L", "LA", "La", "I;16", "I;16L", "I;16B", "I;16N"})
 SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 
@@ -203,7 +205,7 @@ def look(scan: FolderScan, size: int | None, channels: int | None) -> FolderLook
     shorter = Counter()
     for (w, h), count in sizes.items():
         shorter[min(w, h)] += count
-    size = size or shorter.most_common(1)[0][0]
+    size = size or min(shorter.most_common(1)[0][0], LARGEST_AUTO_SIZE)
     channels = channels or (1 if grey else 3)
     return FolderLook(size, channels, conversion_notes(sizes, modes, size, channels, len(scan.files)))
 
@@ -243,24 +245,45 @@ def load_folder(root: str | os.PathLike[str], size: int | None = None, channels:
     that cannot be read (nothing is cached then)."""
     scan = scan_folder(root)
     labels = None if scan.labels is None else np.asarray(scan.labels, dtype=np.int64)
-    entry = cache_entry(scan.key, size, channels)
-    cached = read_cache(entry)
+    asked = (size, channels)
+    size, channels = followed(scan.key, size, channels)  # what "follow the data" resolved to before
+    cached = read_cache(cache_entry(scan.key, size, channels))
     if cached is not None:
         images, meta = cached
         return FolderImages(images, labels, scan, FolderLook(meta["size"], meta["channels"],
                                                              tuple(meta["notes"])), True)
     seen = look(scan, size, channels)
-    if size is None or channels is None:  # the resolved look may already be cached
-        entry = cache_entry(scan.key, seen.size, seen.channels)
-        cached = read_cache(entry)
-        if cached is not None:
-            return FolderImages(cached[0], labels, scan, seen, True)
-    images = decode_into_cache(scan, seen, entry, progress)
-    return FolderImages(images, labels, scan, seen, False)
+    entry = cache_entry(scan.key, seen.size, seen.channels)
+    cached = read_cache(entry)
+    images = cached[0] if cached is not None else decode_into_cache(scan, seen, entry, progress)
+    remember_followed(scan.key, asked, seen)
+    return FolderImages(images, labels, scan, seen, cached is not None)
 
 
 def cache_entry(key: str, size: int | None, channels: int | None) -> Path:
     return user_cache_dir() / "folders" / f"{key[:24]}-{size or 'auto'}-{channels or 'auto'}"
+
+
+def followed(key: str, size: int | None, channels: int | None) -> tuple[int | None, int | None]:
+    """``size`` and ``channels`` with a None filled from an earlier run's reading of the same
+    files (so a cached run reads no image header), else as given."""
+    if size is not None and channels is not None:
+        return size, channels
+    try:
+        known = json.loads(cache_entry(key, size, channels).with_suffix(".json").read_text())
+        return int(known["size"]), int(known["channels"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return size, channels
+
+
+def remember_followed(key: str, asked: tuple[int | None, int | None], seen: FolderLook) -> None:
+    if None not in asked:
+        return
+    path = cache_entry(key, *asked).with_suffix(".json")
+    try:
+        write_text_atomic(path, json.dumps({"size": seen.size, "channels": seen.channels}))
+    except OSError:
+        pass  # without it the next run reads the headers again, nothing worse
 
 
 def read_cache(entry: Path) -> tuple[np.ndarray, dict] | None:
