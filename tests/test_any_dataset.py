@@ -202,3 +202,17 @@ def test_a_class_not_in_the_dataset_and_images_of_another_shape_are_refused(colo
     done = run_command("nets.edit", "invert", "--checkpoint", run, "--dataset", other, "--steps", "3")
     assert done.returncode == 2
     assert "does not have the image shape of this model" in done.stderr.strip().splitlines()[-1]
+
+
+def test_a_resumed_run_whose_folder_no_longer_fits_its_model_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / ".cache"))
+    data = tmp_path / "images"
+    data.mkdir()
+    for i in range(8):
+        Image.new("L", (28, 28), i).save(data / f"{i}.png")
+    run = nets.fit(tiny_config(str(data), tmp_path / "runs" / "r", max_steps=1))
+    for i in range(8):  # the same names, now in colour
+        Image.new("RGB", (28, 28), (i, 0, 9)).save(data / f"{i}.png")
+    with pytest.raises(nets.ConfigError, match="no longer fits the run's model") as err:
+        nets.resume(run, max_steps=2)
+    assert err.value.field == "dataset"

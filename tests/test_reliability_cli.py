@@ -23,7 +23,7 @@ TINY = [*tiny_flags(), "--max-steps", "1"]
 # flags are given "=1", which they refuse).
 BAD = {
     "--dataset": ["no-such-set", "EMPTY", "FILE"],  # EMPTY: a folder without images
-    "--image-size": ["0", "7", "30", "x"],  # 30: the U-Net's levels cannot halve it twice
+    "--image-size": ["0", "7", "31", "x"],  # 31: the U-Net's two levels cannot halve it
     "--channels": ["2", "0", "rgb"],
     "--data-dir": ["FILE"],
     "--split": ["validation"],

@@ -42,7 +42,7 @@ from nets.training.metrics_log import METRICS_FILE, read_metrics, write_metrics
 from nets.training.preview import PREVIEW_FILES, Preview, preview_every
 from nets.training.run import TrainingData, TrainingRun, build_run, restore, training_data, wrap_for_training
 from nets.training.step import Objective
-from nets.unet import unet_for_data
+from nets.unet import UNetConfig, unet_for_data
 
 # written atomically, so a killed write may leave their temp files
 RUN_FILES = ("checkpoint.pt", METRICS_FILE, "config.json", *FIGURE_FILES, *PREVIEW_FILES)
@@ -269,7 +269,7 @@ def model_follows_data(cfg: TrainConfig, info: DatasetInfo, world: World, resume
         unet = unet_for_data(cfg.unet, info.shape, len(info.class_names) if conditional else 0)
     except ValueError as err:
         raise ConfigError("image_size", str(err)) from None
-    if resumed and unet != cfg.unet:
+    if resumed and UNetConfig.from_dict(unet) != UNetConfig.from_dict(cfg.unet):  # old dicts may lack keys
         raise ConfigError("dataset", f"{info.describe()} no longer fits the run's model (trained on "
                           f"{cfg.unet['in_channels']}×{cfg.unet['image_size']}² images, "
                           f"{cfg.unet['num_classes']} classes)")

@@ -38,8 +38,8 @@ def add_data_flags(g, d: TrainConfig) -> None:
                    help="which split of a named set to train on")
     g.add_argument("--image-size", type=cli.int_at_least(8),
                    help="train at this size: images are resized (shorter side) and centre-cropped "
-                   "(default: the data's own; a folder's most common size). 28 and 32 get the 3-level "
-                   "U-Net, 64 a 4-level one with attention at 16 and 8")
+                   "(default: the data's own; a folder's most common size, at most 64). 28 and 32 "
+                   "get the 3-level U-Net, 64 a 4-level one with attention at 16 and 8")
     g.add_argument("--channels", type=int, choices=(1, 3),
                    help="1: greyscale, 3: colour (default: as the data is)")
     g.add_argument("--limit", type=cli.positive_int, help="use only the first N images")
