@@ -10,6 +10,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_sample import tiny_model
 
@@ -83,3 +84,26 @@ def test_distillation_study_scores_a_teacher_and_its_students(tmp_path, mnist, w
     assert [(r["model"], r["calls"]) for r in rows] == [("teacher", 4)] * 3 + [("student", 1), ("student", 2)]
     assert all(r["fd"] > 0 and r["seconds_per_1000"] > 0 for r in rows)
     assert (out / "distillation_quality.png").exists() and (out / "distillation_grids.png").exists()
+
+
+@pytest.mark.slow
+def test_dataset_study_writes_sets_every_reader_takes_and_scores_a_run(tmp_path, mnist, weak_classifier,
+                                                                       tiny_run):
+    from nets.data import load_dataset
+
+    sets = tmp_path / "sets"
+    run_experiment("dataset_study.py", "sets", sets, "--data-dir", mnist, "--rows", "60")
+    png = load_dataset(str(sets / "mnist-png"))
+    train = load_dataset("cifar10", sets / "tinted-bin", "train", download=False)
+    test = load_dataset("cifar10", sets / "tinted-bin", "test", download=False)
+    folder = load_dataset(str(sets / "tinted-png"))
+    assert (len(png), len(train), len(test), len(folder)) == (30, 30, 30, 60)
+    assert png.info.shape == (1, 28, 28) and train.info.shape == folder.info.shape == (3, 32, 32)
+    assert folder.info.class_names[:2] == ("0-red", "1-green")
+    assert sorted(folder.images.sum(axis=(1, 2, 3)).tolist()) == sorted(
+        np.concatenate([train.images, test.images]).sum(axis=(1, 2, 3)).tolist())  # the same 60 images
+    out = tmp_path / "score"
+    run_experiment("dataset_study.py", "score", out, tiny_run, "--reference", tiny_run,
+                   "--classifier", weak_classifier, "--data-dir", mnist)
+    report = json.loads((out / f"{tiny_run.name}.json").read_text())
+    assert report["metrics"]["count"] == 1000 and report["real_floor"]["frechet_distance"] > 0
