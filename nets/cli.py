@@ -19,7 +19,7 @@ import torch
 
 from nets import device as devices
 from nets import fields
-from nets.data import MNIST_ERRORS, ImageSet, MnistArrays, load_dataset, load_mnist
+from nets.data import MNIST_ERRORS, ImageSet, load_dataset
 from nets.data.dataset import DATA_ERRORS
 from nets.fields import ConfigError
 
@@ -226,15 +226,3 @@ def dataset_or_exit(dataset: str, data_dir: str | os.PathLike | None, split: str
         fail(str(err))
     except ConfigError as err:
         fail(f"{flag_of(err.field)}: {err.reason}")
-
-
-def mnist_or_exit(data_dir: str | os.PathLike | None, split: str, limit: int | None = None,
-                  download: bool = True) -> MnistArrays:
-    """One MNIST split (the first ``limit`` images), or exit 2 with the loader's message."""
-    try:
-        arrays = load_mnist(data_dir, split, download=download)
-    except MNIST_ERRORS as err:
-        fail(str(err))
-    if limit:
-        return MnistArrays(arrays.images[:limit], arrays.labels[:limit])
-    return arrays
