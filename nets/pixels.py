@@ -37,14 +37,21 @@ def describe_layout(shape: tuple[int, int, int] | None) -> str:
     return f"(N, {', '.join(map(str, layout_shape(shape)))})"
 
 
+def in_layout(images: np.ndarray, shape: tuple[int, int, int] | None = None) -> bool:
+    """Whether ``images`` are in the pixel layout, (N, H, W) or (N, H, W, 3), of network shape
+    ``shape`` where given (the dtype is not looked at)."""
+    if not (images.ndim == 3 or (images.ndim == 4 and images.shape[3] == 3)):
+        return False
+    return shape is None or images.shape[1:] == layout_shape(shape)
+
+
 def check_layout(images: np.ndarray, what: str, shape: tuple[int, int, int] | None = None) -> np.ndarray:
     """``images`` as uint8 in the pixel layout (of network shape ``shape`` where given); a
     ValueError naming ``what`` and both shapes otherwise."""
     images = np.asarray(images)
-    expected = describe_layout(shape)
-    ok = images.dtype == np.uint8 and (images.ndim == 3 or (images.ndim == 4 and images.shape[3] == 3))
-    if not ok or (shape is not None and images.shape[1:] != layout_shape(shape)):
-        raise ValueError(f"{what} must be uint8 images {expected}, got {images.dtype} {images.shape}")
+    if images.dtype != np.uint8 or not in_layout(images, shape):
+        raise ValueError(f"{what} must be uint8 images {describe_layout(shape)}, got {images.dtype} "
+                         f"{images.shape}")
     return images
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nets.pixels import IMAGE_SHAPE, NUM_CLASSES, describe_layout, layout_shape
+from nets.pixels import IMAGE_SHAPE, NUM_CLASSES, describe_layout, in_layout
 
 
 class SamplesError(ValueError):
@@ -80,10 +80,8 @@ def check_arrays(path: Path, images: np.ndarray, labels: np.ndarray | None,
     if images.dtype != np.uint8:
         raise SamplesError(f"{path}: 'images' must be uint8 (0 black, 255 white), got "
                            f"{images.dtype} (nets.pixels.images_to_uint8 converts [-1, 1] floats)")
-    expected = describe_layout(shape)
-    layout_ok = images.ndim == 3 or (images.ndim == 4 and images.shape[3] == 3)
-    if not layout_ok or (shape is not None and images.shape[1:] != layout_shape(shape)):
-        raise SamplesError(f"{path}: 'images' must have shape {expected}, got {images.shape}")
+    if not in_layout(images, shape):
+        raise SamplesError(f"{path}: 'images' must have shape {describe_layout(shape)}, got {images.shape}")
     if len(images) < 2:
         raise SamplesError(f"{path}: need at least 2 images for a covariance, got {len(images)}")
     top = np.inf if num_classes is None else num_classes
