@@ -17,8 +17,9 @@ Modules: `betas` (β schedules), `schedule` (DiffusionSchedule), `forward` (q(x_
 targets), `respacing` (step subsequences), `reverse` (DDPM/DDIM steps), `multistep` (DPM-Solver++
 2M/3M and SDE-2M tables in the same step form), `weighting` (uniform, min-SNR-γ and truncated-SNR
 loss weights), `editing` (DDIM inversion, slerp, the forward jump q(x_t|x_s)), `distillation`
-(progressive distillation's DDIM jumps, targets and step lists), `likelihood` (the variational
-bound). Importing this package does not import torch.
+(progressive distillation's DDIM jumps, targets and step lists), `consistency` (consistency
+models: the parameterisation, ECT's training pairs and weights, multistep consistency
+sampling), `likelihood` (the variational bound). Importing this package does not import torch.
 """
 
 from diffusion_core.betas import (
@@ -30,6 +31,20 @@ from diffusion_core.betas import (
     rescale_zero_terminal_snr,
     sigmoid_betas,
     validate_betas,
+)
+from diffusion_core.consistency import (
+    T_MIN,
+    consistency_coefficients,
+    consistency_function,
+    consistency_scalings,
+    consistency_weights,
+    ect_pair_timesteps,
+    edm_noise_levels,
+    lognormal_timestep_table,
+    pseudo_huber,
+    pseudo_huber_scale,
+    scalings_at_angles,
+    vp_angles,
 )
 from diffusion_core.distillation import (
     DistillationTables,
@@ -79,6 +94,18 @@ from diffusion_core.schedule import DiffusionSchedule
 from diffusion_core.weighting import DEFAULT_MIN_SNR_GAMMA, LossWeighting, loss_weights
 
 __all__ = [
+    "T_MIN",
+    "consistency_coefficients",
+    "consistency_function",
+    "consistency_scalings",
+    "consistency_weights",
+    "ect_pair_timesteps",
+    "edm_noise_levels",
+    "lognormal_timestep_table",
+    "pseudo_huber",
+    "pseudo_huber_scale",
+    "scalings_at_angles",
+    "vp_angles",
     "DEFAULT_MIN_SNR_GAMMA",
     "LossWeighting",
     "loss_weights",
