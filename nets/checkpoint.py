@@ -123,6 +123,7 @@ class LoadedModel:
     weights: str = "ema"  # which of the checkpoint's weights: "ema" or "raw"
     distilled: Distilled | None = None  # a nets.distill student: the steps it was distilled for
     dataset: DatasetInfo = MNIST_INFO  # what it was trained on (checkpoints before 2026-12-05: MNIST)
+    consistency: Consistency | None = None  # a nets.distill --method consistency model
 
     @property
     def conditional(self) -> bool:
@@ -158,6 +159,30 @@ class Distilled:
         return out
 
 
+@dataclass(frozen=True)
+class Consistency:
+    """What a ``nets.distill --method consistency`` model records: its teacher, the calls it samples
+    with by default (multistep consistency sampling) and the stages of its tuning."""
+
+    teacher: str
+    calls: int
+    stages: int
+
+    @classmethod
+    def from_record(cls, record: object, path: Path, num_timesteps: int) -> Consistency:
+        """The checkpoint's ``consistency`` entry, checked; CheckpointError naming what is wrong."""
+        try:
+            out = cls(str(record["teacher"]), int(record["calls"]), int(record["stages"]))
+            t_min = int(record["t_min"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{path}: its consistency record is incomplete "
+                                  f"({type(err).__name__}: {err})") from None
+        if t_min != 0 or not 1 <= out.calls <= num_timesteps or out.stages < 1:
+            raise CheckpointError(f"{path}: its consistency record is not one this package writes "
+                                  f"(t_min {t_min}, {out.calls} calls, {out.stages} stages)")
+        return out
+
+
 def load_model(path: str | os.PathLike, weights: str = "ema",
                device: torch.device | str = "cpu") -> LoadedModel:
     """The U-Net and Diffusion a checkpoint describes (``weights``: "ema" or "raw"), on ``device``;
@@ -188,9 +213,12 @@ def load_model(path: str | os.PathLike, weights: str = "ema",
     model.requires_grad_(False)
     record = state.get("distilled")
     distilled = None if record is None else Distilled.from_record(record, resolved, diffusion.num_timesteps)
+    record = state.get("consistency")
+    consistency = (None if record is None
+                   else Consistency.from_record(record, resolved, diffusion.num_timesteps))
     return LoadedModel(model.to(device).eval(), diffusion.to(device), cfg, step, resolved,
                        _class_counts(state.get("class_counts"), unet_config.num_classes, resolved), weights,
-                       distilled, dataset)
+                       distilled, dataset, consistency)
 
 
 def dataset_of(record, unet: UNetConfig, path: Path) -> DatasetInfo:

@@ -1,8 +1,21 @@
 """Distil a trained model down to a few network calls: ``python -m nets.distill``.
 
-Progressive distillation (Salimans & Ho 2022): round after round a student, initialised from its
-teacher, learns to make in one DDIM step what the teacher makes in two, so the steps halve each
-round: --from-steps (64) → 32 → ... → --to-steps. The work is the library's
+Two methods (``--method``). **consistency** tunes the teacher into a consistency model (ECT, Geng
+et al. 2024; the math in ``diffusion_core.consistency``): one run in which the model learns to
+map any noise level straight to the data, so it samples in 1, 2, ... calls
+(``nets.sample --steps K``; the default is the best measured, docs/results.md):
+
+    python -m nets.distill --method consistency --teacher runs/<name> --max-minutes 20 \
+        --run-dir runs/<name>-cm
+    python -m nets.sample --checkpoint runs/<name>-cm               # its default calls
+
+Its folder holds ``config.json``, the tuning's run folder ``consistency/`` (checkpoint, metrics,
+loss.png, samples.png: 1 call over 2 calls) and at the end ``checkpoint.pt``.
+
+**progressive** (the default) is progressive distillation (Salimans & Ho 2022): round after
+round a student, initialised from its teacher, learns to make in one DDIM step what the teacher
+makes in two, so the steps halve each round: --from-steps (64) → 32 → ... → --to-steps. The work
+is the library's
 (:func:`nets.distillation.distill`; ``nets.distill(DistillConfig(...))`` from Python); this
 module parses the flags and turns the library's errors into one line and an exit code.
 
@@ -39,17 +52,23 @@ def build_parser() -> cli.Parser:
     p.add_argument("--teacher", type=cli.existing_path,
                    help="the run directory (or checkpoint.pt) of the model to distil; a distilled "
                    "student distils on from its own steps")
+    p.add_argument("--method", choices=choices(DistillConfig, "method"), default=d.method,
+                   help="progressive: rounds halving the DDIM steps; consistency: tune into a "
+                   "consistency model (1 or 2 calls; docs/results.md compares them)")
     p.add_argument("--to-steps", type=cli.positive_int, default=d.to_steps,
-                   help="the steps of the last student: --from-steps divided by a power of two")
+                   help="progressive: the steps of the last student: --from-steps divided by a power of two")
+    p.add_argument("--stages", type=cli.positive_int, default=d.stages,
+                   help="consistency: the stages of ECT's schedule, equal parts of the run; Δt = t − r "
+                   "halves at each")
     p.add_argument("--from-steps", type=cli.int_at_least(2),
-                   help=f"the DDIM steps of the first teacher (default {DEFAULT_FROM_STEPS}; a "
+                   help=f"progressive: the DDIM steps of the first teacher (default {DEFAULT_FROM_STEPS}; a "
                    f"distilled teacher: its own)")
     p.add_argument("--steps-per-round", type=cli.positive_int,
-                   help=f"optimizer steps of each round (default {DEFAULT_STEPS_PER_ROUND}, or as "
-                   f"many as --max-minutes allows)")
+                   help=f"optimizer steps of each round, and of the consistency tuning's one (default "
+                   f"{DEFAULT_STEPS_PER_ROUND}, or as many as --max-minutes allows)")
     p.add_argument("--max-minutes", type=cli.positive_float,
-                   help="a wall-clock budget for all rounds together, split evenly over the rounds "
-                   "left at each round's start, each with the trainer's planned end (the lr "
+                   help="a wall-clock budget for all rounds together (or the tuning), split evenly "
+                   "over the rounds left at each round's start, each with the trainer's planned end (the lr "
                    "decays to 0 as each round's time ends); --steps-per-round still bounds a round")
     p.add_argument("--run-dir", type=cli.directory, help="the folder of the distillation (required)")
     p.add_argument("--resume", type=cli.directory, metavar="RUN_DIR",

@@ -57,8 +57,8 @@ LABEL_REQUESTS = ("all", "frequencies")  # besides a class (its name or index)
 
 
 class DistilledStepsWarning(UserWarning):
-    """A distilled student asked to run a chain it was not distilled for: it runs, but only its
-    own DDIM steps were trained to match the teacher (``nets.distill``)."""
+    """A distilled student asked to run a chain it was not distilled for (or a consistency model
+    asked for another sampler): it runs, but only its own chain was trained (``nets.distill``)."""
 
 
 def load(path: str | os.PathLike, device: str = "auto", precision: str = "auto",
@@ -114,20 +114,32 @@ class Pipeline:
         """One line: checkpoint, step, weights, T, device and arithmetic."""
         m = self.loaded
         kind = "" if m.distilled is None else f", distilled for {m.distilled.steps} DDIM steps"
+        if m.consistency is not None:
+            calls = m.consistency.calls
+            kind = f", a consistency model ({calls} call{'s' if calls > 1 else ''} by default)"
         return (f"{m.path} (step {m.step}, {m.weights} weights, T={m.diffusion.num_timesteps}{kind}); "
                 f"device {self.device}, {describe_precision(self.autocast_dtype)}")
 
     @property
     def default_sampler(self) -> SamplerSettings:
         """What :meth:`sample` runs unless told: ``SamplerSettings()`` (SDE-DPM-Solver++ 2M, 20
-        steps), or for a distilled student the DDIM (η = 0) chain it was distilled for."""
-        distilled = self.loaded.distilled
+        steps), for a distilled student the DDIM (η = 0) chain it was distilled for, for a
+        consistency model multistep consistency sampling at its recorded calls."""
+        distilled, consistency = self.loaded.distilled, self.loaded.consistency
+        if consistency is not None:
+            return SamplerSettings("consistency", steps=consistency.calls)
         return SamplerSettings() if distilled is None else SamplerSettings("ddim", steps=distilled.steps)
 
     def sampler_warning(self, sampler: SamplerSettings) -> str | None:
-        """Why ``sampler`` is not what this distilled student was trained for (None: it is, or
-        the model is not distilled). A warning, not a refusal: the student still denoises at
-        every t, and comparing it off its steps is a fair question to ask of it."""
+        """Why ``sampler`` is not what this distilled student (or consistency model) was trained
+        for (None: it is, or the model is neither). A warning, not a refusal: the student still
+        denoises at every t, and comparing it off its steps is a fair question to ask of it."""
+        if self.loaded.consistency is not None:
+            if sampler.sampler == "consistency":
+                return None
+            return (f"{self.loaded.path} is a consistency model: it was tuned to map any noise level "
+                    f"straight to the data, not for {sampler.sampler}'s steps, so its samples may be "
+                    f"worse (the default, no sampler given, is consistency sampling; --steps K: K calls)")
         distilled = self.loaded.distilled
         if distilled is None:
             return None

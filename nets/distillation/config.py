@@ -15,6 +15,9 @@ CONFIG_FILE = "config.json"
 DEFAULT_FROM_STEPS = 64
 DEFAULT_STEPS_PER_ROUND = 1000
 StudentObjective = Literal["v", "x0"]  # both stable at low SNR; ε is not (Salimans & Ho 2022 §4)
+Method = Literal["progressive", "consistency"]
+DEFAULT_TO_STEPS = 4
+DEFAULT_STAGES = 8  # ECT's Δt halvings over a consistency tuning
 
 
 def _seconds_rule(value) -> str | None:
@@ -30,10 +33,12 @@ class DistillConfig:
 
     teacher: str = setting("", text)
     run_dir: str = setting("", text)
-    to_steps: int = setting(4, integer(1))
+    method: Method = setting("progressive")
+    to_steps: int = setting(DEFAULT_TO_STEPS, integer(1))
     from_steps: int | None = setting(None, integer(2))  # None: 64, or a distilled teacher's own steps
     steps_per_round: int | None = setting(None, integer(1))  # None: 1000 unless max_minutes
     max_minutes: float | None = setting(None, number(0))  # all rounds together, split across them
+    stages: int = setting(DEFAULT_STAGES, integer(1))  # consistency: stages of ECT's shrinking Δt
     objective: StudentObjective = setting("v")
     lr: float = setting(1e-3, number(0, 1e30))  # half the trainer's peak: each round fine-tunes
     warmup_steps: int = setting(50, integer(0))
@@ -53,6 +58,13 @@ class DistillConfig:
 
     def __post_init__(self):
         check_fields(self)
+        moved = "to_steps" if self.to_steps != DEFAULT_TO_STEPS else "from_steps" if self.from_steps else None
+        if self.method == "consistency" and moved:
+            name = moved
+            raise ConfigError(name, "applies to --method progressive only (a consistency model samples "
+                              "at any number of calls: nets.sample --steps K)")
+        if self.method == "progressive" and self.stages != DEFAULT_STAGES:
+            raise ConfigError("stages", "applies to --method consistency only")
 
 
 def read_config(run_dir: Path) -> DistillConfig:

@@ -1,4 +1,4 @@
-"""Progressive distillation as one library call: ``nets.distill(DistillConfig(...))``.
+"""Progressive distillation, the rounds of ``nets.distill(DistillConfig(...))`` (its default method).
 
 Round after round a student, initialised from its teacher, learns to make in one DDIM step what
 the teacher makes in two (Salimans & Ho 2022), so the steps halve: ``from_steps`` (64) → 32 → ...
@@ -39,12 +39,14 @@ from nets.training.metrics_log import METRICS_FILE, read_metrics
 
 @dataclass(frozen=True)
 class DistilledRun(RunFolderPath):
-    """What :func:`distill` returns: the folder (``nets.load(run)`` samples the last student at
-    its steps), the steps of the last student and this call's seconds."""
+    """What :func:`nets.distillation.distill` returns: the folder (``nets.load(run)`` samples its
+    model by default: the last student at its steps, or a consistency model at its calls), those
+    steps (calls), this call's seconds and the method."""
 
     run_dir: Path
     steps: int
     seconds: float
+    method: str = "progressive"
 
 
 @dataclass(frozen=True)
@@ -61,8 +63,8 @@ class Plan:
         return len(self.lists) - 1
 
 
-def distill(config: DistillConfig, resume: bool = False) -> DistilledRun:
-    """Run (or, ``resume``, continue) the distillation ``config`` describes; see the module."""
+def prepare(config: DistillConfig, resume: bool) -> tuple[DistillConfig, World, Path]:
+    """The distillation's config (a copy), this process's world and the checked folder."""
     for name in ("teacher", "run_dir"):
         if not getattr(config, name) and not (resume and name == "teacher"):
             raise ConfigError(name, "required")
@@ -72,7 +74,11 @@ def distill(config: DistillConfig, resume: bool = False) -> DistilledRun:
         raise ConfigError("world_size", f"this distillation ran on {cfg.world_size} process(es); "
                           f"resume it on as many")
     cfg.world_size = world.size
-    run_dir = check_folder(cfg, resume)
+    return cfg, world, check_folder(cfg, resume)
+
+
+def progressive(cfg: DistillConfig, world: World, run_dir: Path) -> DistilledRun:
+    """Progressive distillation's rounds (each skipped when done, continued when interrupted)."""
     plan = plan_rounds(cfg, world.device)
     cfg.from_steps, start = plan.from_steps, time.perf_counter()
     make_folder(run_dir, world)
@@ -268,8 +274,12 @@ def round_figures(cfg: DistillConfig, folder: Path, steps: int) -> None:
 
 
 def describe_end(result: DistilledRun) -> str:
-    """The distillation's last line but one: where the students are."""
-    return (f"distilled to {result.steps} step{'s' if result.steps > 1 else ''} in "
+    """The distillation's last line but one: where the students (or the consistency model) are."""
+    plural = "s" if result.steps > 1 else ""
+    if result.method == "consistency":
+        return (f"consistency model tuned in {format_duration(result.seconds)} (this session): "
+                f"{result.run_dir / 'checkpoint.pt'}, {result.steps} call{plural} by default "
+                f"(nets.sample --steps K for K calls)")
+    return (f"distilled to {result.steps} step{plural} in "
             f"{format_duration(result.seconds)} (this session): {result.run_dir / 'checkpoint.pt'} "
             f"(each round's student in {result.run_dir}/steps-NN/)")
-

@@ -26,13 +26,16 @@ from nets.diffusion import Diffusion, as_table
 from nets.fields import ConfigError
 from nets.pixels import NUM_CLASSES
 
-SAMPLERS = ("ddpm", "ddim", "dpmpp-2m", "dpmpp-3m", "sde-dpmpp-2m")
+SAMPLERS = ("ddpm", "ddim", "dpmpp-2m", "dpmpp-3m", "sde-dpmpp-2m", "consistency")
 MULTISTEP = {"dpmpp-2m": (2, False), "dpmpp-3m": (3, False), "sde-dpmpp-2m": (2, True)}  # order, SDE
 SPACINGS = (*get_args(core.Spacing), "logsnr")  # logsnr: uniform in λ (core.log_snr_timesteps)
 # The defaults are the best measured for quality per network call (docs/results.md, few-step
 # solvers): SDE-DPM-Solver++ 2M at 20 calls. ddpm and ddim default to all T steps (the papers').
 DEFAULT_SAMPLER = "sde-dpmpp-2m"
 SOLVER_STEPS = 20  # the DPM-Solver++ solvers' steps where none are asked for
+# multistep consistency sampling (Song et al. 2023, Alg. 1): its calls where none are asked for,
+# the best measured on a nets.distill --method consistency model (docs/results.md)
+CONSISTENCY_CALLS = 2
 
 
 def min_steps(sampler: str) -> int:
@@ -58,7 +61,9 @@ class Network:
 @dataclass(frozen=True)
 class SamplerSettings:
     """A reverse process over ``steps`` of the T timesteps (None: all T for ddpm and ddim, 20
-    for the DPM-Solver++ solvers; fewer than T respaces them, chosen by ``spacing``). ``eta`` is
+    for the DPM-Solver++ solvers, 2 calls for consistency sampling; fewer than T respaces them,
+    chosen by ``spacing``). ``consistency`` is multistep consistency sampling (a consistency
+    model's: one call per step, re-noised between calls; ``core.consistency_coefficients``). ``eta`` is
     DDIM's η (ddim only, None = 0); ``variance`` DDPM's σ² (ddpm only, None = posterior β̃).
     The default is the best measured per network call: SDE-DPM-Solver++ 2M at 20 steps."""
 
@@ -101,6 +106,8 @@ class SamplerSettings:
         """The steps this sampler takes on a model of T = ``num_timesteps``."""
         if self.steps is not None:
             return self.steps
+        if self.sampler == "consistency":
+            return min(CONSISTENCY_CALLS, num_timesteps)
         return min(SOLVER_STEPS, num_timesteps) if self.multistep else num_timesteps
 
     def table(self, schedule: core.DiffusionSchedule) -> core.ReverseCoefficients:
@@ -113,6 +120,8 @@ class SamplerSettings:
             timesteps = core.log_snr_timesteps(schedule, steps)
         elif steps != T:
             timesteps = core.select_timesteps(T, steps, self.spacing)
+        if self.sampler == "consistency":  # f at each time, re-noised between (the core's table)
+            return core.consistency_coefficients(schedule, np.arange(T) if timesteps is None else timesteps)
         if self.sampler == "ddpm":
             return core.ddpm_coefficients(schedule, timesteps, variance=self.variance or "posterior")
         if self.sampler == "ddim":
@@ -122,6 +131,8 @@ class SamplerSettings:
 
     def describe(self, num_steps: int) -> str:
         """One line: the sampler, its steps, its own option, the spacing."""
+        if self.sampler == "consistency":
+            return f"consistency {num_steps} call{'s' if num_steps > 1 else ''}, {self.spacing} spacing"
         detail = {"ddim": f", eta {self.eta or 0.0:g}",
                   "ddpm": f", variance {self.variance or 'posterior'}"}.get(self.sampler, "")
         return f"{self.sampler} {num_steps} steps{detail}, {self.spacing} spacing"

@@ -150,7 +150,7 @@ def saved_run_config(run: str | os.PathLike) -> TrainConfig:
         raise CheckpointError(f"expected a run directory or its checkpoint.pt, got {path}")
     run_dir = path if path.is_dir() or not path.exists() else path.parent
     saved = load_checkpoint(run_dir)
-    if saved.get("distilled") is not None:
+    if saved.get("distilled") is not None or saved.get("consistency") is not None:
         raise CheckpointError(f"{run_dir} is a round of nets.distill, not a training run; continue a "
                               f"distillation with nets.distill's resume on its folder")
     try:

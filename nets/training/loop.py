@@ -171,6 +171,9 @@ def take_step(run: TrainingRun, learner: Learner, order: DataOrder, end: int) ->
     device tensor, the lr it used). What the loop repeats, and what benchmarks/train_speed.py times."""
     cfg, step = run.cfg, run.step
     lr = lr_at(step, cfg, end)
+    follow_run = getattr(learner.objective, "at_step", None)
+    if follow_run is not None:  # an objective that changes over the run (consistency tuning's Δt)
+        follow_run(step, end)
     loss = train_step(learner, order.batch(step, run.gen, cfg), lr, ema_decay_at(step, cfg), cfg.grad_clip)
     return loss, lr
 

@@ -52,7 +52,9 @@ def draw_batch(data: torch.Tensor, targets: torch.Tensor, idx: torch.Tensor, row
 
 class Objective(Protocol):
     """What a run minimises: :meth:`nets.diffusion.Diffusion.loss` (the diffusion loss) or any
-    loss with its signature, e.g. a distillation round's (``nets.distillation.loss``)."""
+    loss with its signature, e.g. a distillation round's (``nets.distillation.loss``). An
+    objective that changes over the run also has ``at_step(step, end)``, which the loop calls
+    before each step (the consistency tuning's stage, ``nets.distillation.consistency``)."""
 
     def loss(self, model: Callable, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
              y: torch.Tensor | None = None) -> torch.Tensor: ...
