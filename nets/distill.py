@@ -60,6 +60,9 @@ def build_parser() -> cli.Parser:
     p.add_argument("--stages", type=cli.positive_int, default=d.stages,
                    help="consistency: the stages of ECT's schedule, equal parts of the run; Δt = t − r "
                    "halves at each")
+    p.add_argument("--time-draw", choices=choices(DistillConfig, "time_draw"), default=d.time_draw,
+                   help="consistency: how t is drawn: ECT's log-normal noise level (mostly low noise) "
+                   "or uniform over the T indices (the trainer's)")
     p.add_argument("--from-steps", type=cli.int_at_least(2),
                    help=f"progressive: the DDIM steps of the first teacher (default {DEFAULT_FROM_STEPS}; a "
                    f"distilled teacher: its own)")

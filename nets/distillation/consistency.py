@@ -54,7 +54,7 @@ class ConsistencyLoss(nn.Module):
     """The consistency-training loss of a model with ``student``'s objective (v or x0), its ECT
     pairs shrinking over ``stages`` equal parts of the run."""
 
-    def __init__(self, student: Diffusion, stages: int, numbers_per_image: int):
+    def __init__(self, student: Diffusion, stages: int, numbers_per_image: int, time_draw: str = "lognormal"):
         super().__init__()
         schedule = student.schedule
         T = schedule.num_timesteps
@@ -65,7 +65,10 @@ class ConsistencyLoss(nn.Module):
         c_skip, c_out = core.consistency_scalings(schedule, np.arange(T))
         self.register_buffer("c_skip", as_table(c_skip), persistent=False)
         self.register_buffer("c_out", as_table(c_out), persistent=False)
-        draws = core.lognormal_timestep_table(schedule)
+        if time_draw == "lognormal":
+            draws = core.lognormal_timestep_table(schedule)
+        else:  # the trainer's uniform index, moved off t_min (where f is the identity: no pair)
+            draws = np.maximum(np.arange(T), core.T_MIN + 1)
         self.register_buffer("draw_table", as_table(draws), persistent=False)
         t = np.arange(1, T)
         pairs = np.zeros((stages, T), dtype=np.int64)  # row a: r of every t at stage a (t = 0 unused)
@@ -162,12 +165,13 @@ def tuning_config(cfg: DistillConfig, teacher: LoadedModel, folder: Path) -> Tra
 def tuning_objective(cfg: DistillConfig, teacher: LoadedModel, world: World) -> ConsistencyLoss:
     student = Diffusion(teacher.diffusion.schedule, cfg.objective)
     numbers = int(np.prod(teacher.model.config.image_shape))
-    return ConsistencyLoss(student, cfg.stages, numbers).to(world.device)
+    return ConsistencyLoss(student, cfg.stages, numbers, cfg.time_draw).to(world.device)
 
 
 def tuning_record(cfg: DistillConfig, teacher: LoadedModel) -> dict:
     """What the tuning's checkpoints record (``complete`` once it ends); nets.checkpoint reads it."""
     return {"teacher": str(teacher.path), "calls": CONSISTENCY_CALLS, "stages": cfg.stages,
+            "time_draw": cfg.time_draw,
             "t_min": core.T_MIN, "objective": cfg.objective, "complete": False}
 
 
