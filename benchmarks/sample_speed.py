@@ -15,7 +15,11 @@ precision, interleaving in one run:
 The sampler overhead is (project − network) / project, round by round, and, more precisely on a
 noisy machine, stub / project. Every step costs the same, so a timed window of W consecutive
 steps (``--window``; the whole chain on CUDA) gives images/s = batch / (K × seconds per step).
-FLOPs per image are the network's forward FLOPs (FlopCounterMode) times K.
+FLOPs per image are the network's forward FLOPs (FlopCounterMode) times K; a ``network`` row's
+GFLOP/s is one call's (its FLOPs × batch per second per call), its share of the machine's measured
+matmul peak in that precision beside it. ``--call-variants`` adds bare calls with channels-last
+activations and torch.compile'd. A consistency model (``nets.distill --method consistency``) is
+timed at its calls (``--samplers consistency``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ if __name__ == "__main__" and not __package__:  # run as `python benchmarks/<scr
     sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repo root, as with `python -m`
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: benchmarks/__init__.py
 
+import copy
 import dataclasses
 import os
 import sys
@@ -45,7 +50,8 @@ from nets.sampling import ChainOptions, DeviceCoefficients, Network, make_coeffi
 
 DEFAULTS = {"batch_sizes": [64], "precision": ["fp32", "auto"], "repeats": 5, "warmup": 1, "window": "auto"}
 QUICK = {"batch_sizes": [64], "precision": ["auto"], "repeats": 3, "warmup": 1, "window": 2}
-DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpmpp-2m": 10, "dpmpp-3m": 10, "sde-dpmpp-2m": 10}  # None: T
+DEFAULT_STEPS = {"ddpm": None, "ddim": 50, "dpmpp-2m": 10, "dpmpp-3m": 10, "sde-dpmpp-2m": 10,
+                 "consistency": 2}  # None: T
 NAIVE_LOOP = {"ddpm": "ddpm"}  # the tutorial loop each sampler is compared with; DDIM for the rest
 
 
@@ -81,6 +87,9 @@ def model_to_time(args, device: torch.device) -> tuple[nn.Module, Diffusion]:
     if loaded.distilled is not None:
         args.samplers = args.samplers or ["ddim"]
         args.steps = args.steps or [loaded.distilled.steps]
+    if loaded.consistency is not None:
+        args.samplers = args.samplers or ["consistency"]
+        args.steps = args.steps or [loaded.consistency.calls]
     args.samplers = args.samplers or ["ddpm", "ddim"]
     return loaded.model, loaded.diffusion
 
@@ -90,7 +99,8 @@ def build_parser() -> cli.Parser:
     workload.add_common_args(p, DEFAULTS, QUICK)
     p.add_argument("--samplers", type=workload.csv_of(str),
                    help=f"comma-separated: {', '.join(DEFAULT_STEPS)} (default: ddpm,ddim; a "
-                   f"distilled --checkpoint: ddim at its own steps)")
+                   f"distilled --checkpoint: ddim at its own steps; a consistency model: "
+                   f"consistency at its calls)")
     p.add_argument("--checkpoint", type=cli.existing_path,
                    help="time this trained model (run directory or checkpoint.pt) instead of a "
                    "seeded U-Net of the model flags; its T replaces --timesteps")
@@ -103,6 +113,9 @@ def build_parser() -> cli.Parser:
                             type=cli.int_at_least(0))
     p.add_argument("--cuda-graph", action="store_true",
                    help="also time sample(..., cuda_graph=True) (CUDA only)")
+    p.add_argument("--call-variants", action="store_true",
+                   help="also time the bare network calls with channels-last activations and "
+                   "torch.compile'd (the cost of one call, against the machine's peak)")
     return p
 
 
@@ -181,6 +194,8 @@ def time_chain(args, model, diffusion, sampler, steps, coeffs, window, batch, fl
         if args.cuda_graph and device.type == "cuda":
             variants[f"project {prec} graph"] = lambda run=run: run(graph=True)
         variants[f"network {prec}"] = network
+        if args.call_variants:
+            variants.update(call_variants(model, x_T, t, window, dtype, prec, device))
         variants[f"stub {prec}"] = lambda run=run, stub=stub: run(net=stub)
         meta.update({name: prec for name in variants if name not in meta})
     timings = measure.interleave(variants, args.repeats, args.warmup, device, units=window,
@@ -188,6 +203,7 @@ def time_chain(args, model, diffusion, sampler, steps, coeffs, window, batch, fl
     rows = []
     for name, timing in timings.items():
         kind, prec = name.split()[0], meta[name]
+        variant_of_call = name.split()[2:]  # channels-last, compiled: bare network calls
         ips = batch / (steps * timing.median)
         flops = flops_call * steps
         row = {"sampler": f"{sampler}-{steps}", "steps": steps, "window": window, "batch": batch,
@@ -200,10 +216,30 @@ def time_chain(args, model, diffusion, sampler, steps, coeffs, window, batch, fl
             net, stub = timings[f"network {prec}"], timings[f"stub {prec}"]
             row["overhead"] = 1.0 - measure.paired_ratio(net, timing)
             row["overhead_stub"] = measure.paired_ratio(stub, timing)
-        if kind in ("network", "stub"):  # no chain: only the time per step is meaningful
-            row.update(images_per_s=None, gflops_per_s=None, speedup_vs_naive=None)
+        if kind in ("network", "stub") or variant_of_call:  # no chain: no images/s of it
+            row.update(images_per_s=None, speedup_vs_naive=None,
+                       gflops_per_s=flops_call * batch / timing.median / 1e9 if kind == "network" else None)
         rows.append(row)
     return rows
+
+
+def call_variants(model: nn.Module, x_T: torch.Tensor, t: torch.Tensor, window: int,
+                  dtype: torch.dtype | None, prec: str, device: torch.device) -> dict:
+    """Bare network calls, ``window`` of them, with channels-last activations (and weights) and
+    torch.compile'd (compiled once here, outside the timing)."""
+    cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    cl_x = x_T.contiguous(memory_format=torch.channels_last)
+    compiled = torch.compile(copy.deepcopy(model))
+
+    def calls(net, x):
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.bfloat16,
+                                                    enabled=dtype is not None, cache_enabled=False):
+            for _ in range(window):
+                net(x, t)
+
+    calls(compiled, x_T)  # compile now, not in the first timed repeat
+    return {f"network {prec} channels-last": lambda: calls(cl_model, cl_x),
+            f"network {prec} compiled": lambda: calls(compiled, x_T)}
 
 
 def _report(rows, args, machine, peaks, flops_call) -> None:
@@ -225,7 +261,8 @@ def _report(rows, args, machine, peaks, flops_call) -> None:
         measure.write_json(args.json, {
             "benchmark": "sample_speed", "machine": machine,
             "load_average_end": [round(v, 2) for v in os.getloadavg()],
-            "settings": {**workload.settings(args, "samplers", "steps", "eta", "window", "cuda_graph"),
+            "settings": {**workload.settings(args, "samplers", "steps", "eta", "window", "cuda_graph",
+                                             "call_variants"),
                          "checkpoint": None if args.checkpoint is None else str(args.checkpoint)},
             "peaks": peaks, "flops_per_image_per_call": flops_call,
             "default_speedup_vs_naive": default,

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from diffusion_core._inputs import as_count, as_data, as_real, as_step_index, as_step_sequence, read_only
+from diffusion_core.respacing import select_timesteps
 from diffusion_core.reverse import ReverseCoefficients
 from diffusion_core.schedule import DiffusionSchedule
 
@@ -59,6 +60,10 @@ T_MIN = 0  # the boundary of the consistency function: the least noisy index
 PSEUDO_HUBER_SCALE = 0.00054  # c = 0.00054·√d (Song & Dhariwal 2023, §3.3)
 ECT_Q, ECT_K, ECT_B = 2.0, 8.0, 1.0  # ECT's shrink factor per stage and its sigmoid (Geng et al. 2024)
 ECT_P_MEAN, ECT_P_STD = -1.1, 2.0  # EDM's log-normal of the noise level, ECT's choice of t
+# the EDM noise level of the second call of two: the best measured on MNIST (docs/results.md,
+# a screen of τ after a 3-minute tuning: FD 86.6 at s = 1.59 (index 350 of the linear schedule)
+# against 101.0 at the trailing spacing's index 499 and 91.7 at 250)
+SECOND_CALL_LEVEL = 1.59
 
 
 def vp_angles(schedule: DiffusionSchedule) -> np.ndarray:
@@ -166,6 +171,32 @@ def lognormal_timestep_table(schedule: DiffusionSchedule, p_mean: float = ECT_P_
     quantiles = (np.arange(T) + 0.5) / T
     owner = np.minimum(np.searchsorted(cdf, quantiles, side="left"), len(log_s) - 1)
     return read_only(owner + t_min + 1, np.int64)
+
+
+def consistency_timesteps(schedule: DiffusionSchedule, calls: int, second_level: float = SECOND_CALL_LEVEL,
+                          t_min: int = T_MIN) -> np.ndarray:
+    """The ascending times of ``calls``-call consistency sampling: the first call at T − 1, the
+    others evenly spaced (as trailing spacing) over the indices above t_min up to τ₂, the index
+    below T − 1 whose EDM noise level is nearest ``second_level`` (the second call of two is at
+    τ₂). Never t_min (f is the identity there); where the calls do not fit below τ₂, trailing
+    spacing over (t_min, T − 1]."""
+    T = schedule.num_timesteps
+    calls = as_count("calls", calls)
+    _indices_from(schedule, 0, t_min)
+    available = T - 1 - t_min  # the indices t_min + 1 .. T − 1
+    if calls > available:
+        raise ValueError(f"{calls} calls need {calls} distinct indices above t_min = {t_min}; a "
+                         f"schedule of T = {T} has {available}")
+    level = as_real("second_level", second_level, 0.0, math.inf, low_open=True, high_open=True)
+    if calls == 1:
+        return read_only([T - 1], np.int64)
+    log_s = np.log(edm_noise_levels(schedule)[t_min + 1:T - 1])
+    span = 1 + int(np.argmin(np.abs(log_s - math.log(level))))  # τ₂ − t_min
+    if calls - 1 > span:
+        return read_only(t_min + 1 + select_timesteps(available, calls, "trailing"), np.int64)
+    k = np.arange(1, calls, dtype=np.int64)
+    later = t_min + (2 * k * span + (calls - 1)) // (2 * (calls - 1))  # round(k·span/(calls − 1))
+    return read_only(np.append(later, T - 1), np.int64)
 
 
 def consistency_coefficients(schedule: DiffusionSchedule, timesteps: Any,

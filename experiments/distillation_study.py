@@ -1,19 +1,22 @@
-"""Distilled students against their teacher's samplers, per network call (docs/results.md, issue 21).
+"""Distilled students and consistency models against their teacher's samplers, per network call
+(docs/results.md, issues 21 and 27).
 
 Usage:
-    python experiments/distillation_study.py TEACHER_RUN OUT_DIR --distilled DISTILL_RUN \\
-        [--distilled ANOTHER] --data-dir DIR [--classifier PATH] [--n 1000] \\
-        [--teacher-calls 4,8,10,20]
+    python experiments/distillation_study.py TEACHER_RUN OUT_DIR [--distilled DISTILL_RUN] \\
+        [--distilled ANOTHER] [--consistency TUNED_RUN] [--consistency-calls 1,2,4] \\
+        --data-dir DIR [--classifier PATH] [--n 1000] [--teacher-calls 4,8,10,20]
 
 The teacher is sampled with DDIM, DPM-Solver++ 2M and SDE-DPM-Solver++ 2M (trailing spacing) at
 each of --teacher-calls; every student of each DISTILL_RUN (its ``steps-NN/`` folders, one per
 round; a student found twice is taken from the first) with its own default, DDIM at the steps it
-was distilled for. Each setting is ``Pipeline.sample`` (seed 0; what ``python -m nets.sample``
-runs) then ``Pipeline.evaluate`` against the real digits the teacher never trained on, the
-floor at the same n beside them (``solver_sweep.sample_and_score``, one judge for all rows).
-Writes OUT_DIR/study.json, OUT_DIR/distillation_quality.png (FD and recognised share against calls) and
-OUT_DIR/distillation_grids.png (the first 20 digits of each student and of the teacher's three
-samplers at their fewest calls).
+was distilled for; each consistency model (``nets.distill --method consistency``) by consistency
+sampling at each of --consistency-calls. Each setting is ``Pipeline.sample`` (seed 0; what
+``python -m nets.sample`` runs) then ``Pipeline.evaluate`` against the real digits the teacher
+never trained on, the floor at the same n beside them (``solver_sweep.sample_and_score``, one
+judge for all rows). Writes OUT_DIR/study.json, OUT_DIR/distillation_quality.png (FD and
+recognised share against calls) and OUT_DIR/distillation_grids.png (the first 20 digits of each
+consistency model's call count, each student, and the teacher's three samplers at their fewest
+calls).
 """
 
 import argparse
@@ -48,7 +51,9 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("teacher", type=Path)
     p.add_argument("out_dir", type=Path)
-    p.add_argument("--distilled", type=Path, action="append", required=True)
+    p.add_argument("--distilled", type=Path, action="append", default=[])
+    p.add_argument("--consistency", type=Path, action="append", default=[])
+    p.add_argument("--consistency-calls", default="1,2,4")
     add_scoring_args(p)
     p.add_argument("--teacher-calls", default="4,8,10,20")
     args = p.parse_args()
@@ -64,8 +69,14 @@ def main() -> None:
         npz = args.out_dir / f"student-{steps}.npz"
         rows.append({"model": "student", "sampler": "ddim (distilled)", "calls": steps,
                      "checkpoint": str(folder), **sample_and_score(args, folder, npz, None)})
-    if not any(r["model"] == "student" for r in rows):
+    if args.distilled and not any(r["model"] == "student" for r in rows):
         sys.exit(f"no students (steps-NN/checkpoint.pt) in {', '.join(map(str, args.distilled))}")
+    for i, run in enumerate(args.consistency):
+        for calls in map(int, args.consistency_calls.split(",")):
+            npz = args.out_dir / f"consistency{i or ''}-{calls}.npz"
+            settings = nets.SamplerSettings("consistency", steps=calls)
+            rows.append({"model": f"consistency{i or ''}", "sampler": "consistency", "calls": calls,
+                         "checkpoint": str(run), **sample_and_score(args, run, npz, settings)})
     for r in rows:
         r["seconds_per_1000"] = 1000 / r["images_per_second"] if r["images_per_second"] else None
     write_json_atomic(args.out_dir / "study.json", rows)
@@ -78,6 +89,8 @@ def plot(rows, path):
     lines = [(f"teacher {s}", [r for r in rows if r["model"] == "teacher" and r["sampler"] == s], "o-")
              for s in TEACHER_SAMPLERS]
     lines.append(("distilled students (DDIM)", [r for r in rows if r["model"] == "student"], "s-"))
+    for model in sorted({r["model"] for r in rows if r["model"].startswith("consistency")}):
+        lines.append((f"{model} model", [r for r in rows if r["model"] == model], "D-"))
     for label, sel, style in lines:
         sel = sorted(sel, key=lambda r: r["calls"])
         calls = [r["calls"] for r in sel]
@@ -88,6 +101,10 @@ def plot(rows, path):
 
 def grids(rows, out_dir, path, per_row=20):
     labelled = []
+    for r in sorted((r for r in rows if r["model"].startswith("consistency")), key=lambda r: r["calls"]):
+        with np.load(out_dir / f"{r['model']}-{r['calls']}.npz") as f:
+            plural = "s" if r["calls"] > 1 else ""
+            labelled.append((f"{r['model']}\n{r['calls']} call{plural}", f["images"][:per_row]))
     for r in sorted((r for r in rows if r["model"] == "student"), key=lambda r: r["calls"]):
         with np.load(out_dir / f"student-{r['calls']}.npz") as f:
             labelled.append((f"student\n{r['calls']} calls", f["images"][:per_row]))
@@ -95,7 +112,7 @@ def grids(rows, out_dir, path, per_row=20):
     for sampler in TEACHER_SAMPLERS:
         with np.load(out_dir / f"teacher-{sampler}-{fewest}.npz") as f:
             labelled.append((f"teacher {sampler}\n{fewest} calls", f["images"][:per_row]))
-    save_digit_rows(path, labelled, f"the first {per_row} digits (seed 0), students and teacher", 7)
+    save_digit_rows(path, labelled, f"the first {per_row} digits (seed 0), by model and calls", 7)
 
 
 if __name__ == "__main__":

@@ -162,22 +162,27 @@ class Distilled:
 @dataclass(frozen=True)
 class Consistency:
     """What a ``nets.distill --method consistency`` model records: its teacher, the calls it samples
-    with by default (multistep consistency sampling) and the stages of its tuning."""
+    with by default (multistep consistency sampling), the times it samples at for 1, 2 and 4
+    calls, and the stages of its tuning."""
 
     teacher: str
     calls: int
     stages: int
+    times: dict[int, tuple[int, ...]]  # calls → the ascending indices it samples at
 
     @classmethod
     def from_record(cls, record: object, path: Path, num_timesteps: int) -> Consistency:
         """The checkpoint's ``consistency`` entry, checked; CheckpointError naming what is wrong."""
         try:
-            out = cls(str(record["teacher"]), int(record["calls"]), int(record["stages"]))
+            times = {int(k): tuple(int(t) for t in v) for k, v in record["times"].items()}
+            out = cls(str(record["teacher"]), int(record["calls"]), int(record["stages"]), times)
             t_min = int(record["t_min"])
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(f"{path}: its consistency record is incomplete "
                                   f"({type(err).__name__}: {err})") from None
-        if t_min != 0 or not 1 <= out.calls <= num_timesteps or out.stages < 1:
+        fits = all(len(v) == k and list(v) == sorted(set(v)) and 0 < v[0] and v[-1] < num_timesteps
+                   for k, v in times.items())
+        if t_min != 0 or not 1 <= out.calls < num_timesteps or out.stages < 1 or not fits:
             raise CheckpointError(f"{path}: its consistency record is not one this package writes "
                                   f"(t_min {t_min}, {out.calls} calls, {out.stages} stages)")
         return out

@@ -127,8 +127,16 @@ class Pipeline:
         consistency model multistep consistency sampling at its recorded calls."""
         distilled, consistency = self.loaded.distilled, self.loaded.consistency
         if consistency is not None:
-            return SamplerSettings("consistency", steps=consistency.calls)
+            return self.consistency_sampler(consistency.calls)
         return SamplerSettings() if distilled is None else SamplerSettings("ddim", steps=distilled.steps)
+
+    def consistency_sampler(self, calls: int | None = None) -> SamplerSettings:
+        """Consistency sampling at ``calls`` (None: the model's default) at the times its checkpoint
+        records for that many calls, else the core's rule (``core.consistency_timesteps``)."""
+        record = self.loaded.consistency
+        calls = calls or (record.calls if record is not None else None)
+        times = None if record is None or calls is None else record.times.get(calls)
+        return SamplerSettings("consistency", steps=calls, times=times)
 
     def sampler_warning(self, sampler: SamplerSettings) -> str | None:
         """Why ``sampler`` is not what this distilled student (or consistency model) was trained
@@ -192,7 +200,7 @@ class Pipeline:
         if not isinstance(n, int | np.integer) or n < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         label = _one_label(label, digit)
-        sampler = sampler or self.default_sampler
+        sampler = self._resolved(sampler or self.default_sampler)
         options = options or SampleOptions(progress=self.progress)
         coeffs = self._coefficients(sampler)
         self._warn_off_steps(sampler)
@@ -203,8 +211,16 @@ class Pipeline:
         return generated
 
     def describe_sampler(self, sampler: SamplerSettings) -> str:
-        """``sampler`` on this model in one line (its step count resolved against T)."""
+        """``sampler`` on this model in one line (its step count, and consistency times, resolved)."""
+        sampler = self._resolved(sampler)
         return sampler.describe(self._coefficients(sampler).num_steps)
+
+    def _resolved(self, sampler: SamplerSettings) -> SamplerSettings:
+        """``sampler`` with consistency sampling's times resolved on this model (as recorded)."""
+        if sampler.sampler != "consistency" or sampler.times is not None:
+            return sampler
+        times = sampler.consistency_times(self.loaded.diffusion.schedule)
+        return replace(sampler, steps=len(times), times=tuple(int(t) for t in times))
 
     def conditioning(self, n: int, label: int | str | None = None, guidance: float | None = None,
                      seed: int = 0) -> Conditioning:

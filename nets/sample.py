@@ -103,8 +103,12 @@ def sampler_settings(args, pipe: Pipeline) -> SamplerSettings:
     student's own DDIM chain) with the flags' --steps/--spacing on it."""
     if args.sampler is None:
         default = pipe.default_sampler
+        if default.sampler == "consistency":  # its recorded times; --spacing does not apply
+            return pipe.consistency_sampler(args.steps)
         return SamplerSettings(default.sampler, args.steps or default.steps, args.eta, args.variance,
                                args.spacing)
+    if args.sampler == "consistency":
+        return pipe.consistency_sampler(args.steps)
     return SamplerSettings(args.sampler, args.steps, args.eta, args.variance, args.spacing)
 
 

@@ -20,6 +20,7 @@ from diffusion_core.consistency import (
     consistency_coefficients,
     consistency_function,
     consistency_scalings,
+    consistency_timesteps,
     consistency_weights,
     ect_pair_timesteps,
     edm_noise_levels,
@@ -327,3 +328,35 @@ def test_bad_input_is_refused_naming_the_problem():
     for call, match in cases:
         with pytest.raises(ValueError, match=match):
             call()
+
+
+# ---------------------------------------------------------------------------------------------
+# The times of multistep sampling
+
+
+@given(named_schedules(min_T=3, max_T=4000), st.data())
+def test_the_sampling_times_start_at_t_minus_1_and_put_the_second_call_of_two_at_the_level(schedule, data):
+    T = schedule.num_timesteps
+    calls = data.draw(st.integers(1, min(T - 1, 40)))
+    level = data.draw(st.floats(0.05, 20.0))
+    times = consistency_timesteps(schedule, calls, level)
+    assert len(times) == calls and times[-1] == T - 1 and times[0] >= 1
+    assert np.all(np.diff(times) > 0)
+    log_s = np.log(edm_noise_levels(schedule))
+    two = consistency_timesteps(schedule, 2, level)
+    nearest = np.min(np.abs(log_s[1:T - 1] - np.log(level)))
+    assert abs(log_s[two[0]] - np.log(level)) == nearest
+    if calls > 2 and calls - 1 <= two[0]:  # the later calls evenly over (0, τ₂]
+        assert times[-2] == two[0] and np.ptp(np.diff(np.append(0, times[:-1]))) <= 1
+
+
+def test_one_call_is_the_last_index_and_too_many_calls_are_refused():
+    schedule = core.DiffusionSchedule.from_betas(core.linear_betas(10))
+    np.testing.assert_array_equal(consistency_timesteps(schedule, 1), [9])
+    np.testing.assert_array_equal(consistency_timesteps(schedule, 9), np.arange(1, 10))
+    with pytest.raises(ValueError, match="has 9"):
+        consistency_timesteps(schedule, 10)
+    with pytest.raises(ValueError, match="second_level"):
+        consistency_timesteps(schedule, 2, 0.0)
+    linear = core.DiffusionSchedule.from_betas(core.linear_betas(1000))
+    assert list(consistency_timesteps(linear, 2)) == [350, 999]  # the measured best (docs/results.md)

@@ -48,6 +48,7 @@ from nets.training.fit import Resume, RunInterrupted, WarmStart, fit, say
 from nets.training.metrics_log import METRICS_FILE, read_metrics
 
 FOLDER = "consistency"  # the tuning's run folder inside the distillation's
+RECORDED_CALLS = (1, 2, 4)  # the call counts whose times the checkpoint records
 
 
 class ConsistencyLoss(nn.Module):
@@ -131,7 +132,8 @@ def tune(cfg: DistillConfig, world: World, run_dir: Path) -> DistilledRun:
     if world.is_main:
         last = folder / "checkpoint.pt"
         atomic_write(run_dir / "checkpoint.pt", lambda f: f.write(last.read_bytes()))
-    return DistilledRun(run_dir, CONSISTENCY_CALLS, time.perf_counter() - start, "consistency")
+    calls = tuning_record(cfg, teacher)["calls"]
+    return DistilledRun(run_dir, calls, time.perf_counter() - start, "consistency")
 
 
 def load_teacher(cfg: DistillConfig, world: World) -> LoadedModel:
@@ -170,8 +172,11 @@ def tuning_objective(cfg: DistillConfig, teacher: LoadedModel, world: World) -> 
 
 def tuning_record(cfg: DistillConfig, teacher: LoadedModel) -> dict:
     """What the tuning's checkpoints record (``complete`` once it ends); nets.checkpoint reads it."""
-    return {"teacher": str(teacher.path), "calls": CONSISTENCY_CALLS, "stages": cfg.stages,
-            "time_draw": cfg.time_draw,
+    schedule, T = teacher.diffusion.schedule, teacher.diffusion.num_timesteps
+    times = {str(k): [int(t) for t in core.consistency_timesteps(schedule, k)]
+             for k in RECORDED_CALLS if k < T}
+    return {"teacher": str(teacher.path), "calls": min(CONSISTENCY_CALLS, T - 1), "stages": cfg.stages,
+            "time_draw": cfg.time_draw, "times": times,
             "t_min": core.T_MIN, "objective": cfg.objective, "complete": False}
 
 

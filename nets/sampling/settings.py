@@ -63,7 +63,9 @@ class SamplerSettings:
     """A reverse process over ``steps`` of the T timesteps (None: all T for ddpm and ddim, 20
     for the DPM-Solver++ solvers, 2 calls for consistency sampling; fewer than T respaces them,
     chosen by ``spacing``). ``consistency`` is multistep consistency sampling (a consistency
-    model's: one call per step, re-noised between calls; ``core.consistency_coefficients``). ``eta`` is
+    model's: one call per step, re-noised between calls; ``core.consistency_coefficients``) at
+    ``times`` (None: ``core.consistency_timesteps``, the first call at T − 1; ``spacing`` does not
+    apply). ``eta`` is
     DDIM's η (ddim only, None = 0); ``variance`` DDPM's σ² (ddpm only, None = posterior β̃).
     The default is the best measured per network call: SDE-DPM-Solver++ 2M at 20 steps."""
 
@@ -72,6 +74,7 @@ class SamplerSettings:
     eta: float | None = None
     variance: str | None = None
     spacing: str = "trailing"
+    times: tuple[int, ...] | None = None  # consistency only: its ascending indices (None: the core's rule)
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
@@ -86,6 +89,8 @@ class SamplerSettings:
             raise ConfigError("steps", f"{self.sampler} needs at least {min_steps(self.sampler)} steps "
                               f"(its first step has no history and its last is first order), "
                               f"got {self.steps}")
+        if self.times is not None:
+            self._check_times()
         if self.eta is not None:
             if self.sampler != "ddim":
                 raise ConfigError("eta", f"applies to the ddim sampler only, not {self.sampler}")
@@ -98,16 +103,28 @@ class SamplerSettings:
                 raise ConfigError("variance", f"unknown variance {self.variance!r} (expected one of "
                                   f"{', '.join(get_args(core.Variance))})")
 
+    def _check_times(self) -> None:
+        if self.sampler != "consistency":
+            raise ConfigError("times", f"applies to the consistency sampler only, not {self.sampler}")
+        times = tuple(int(t) for t in self.times)
+        if not times or list(times) != sorted(set(times)) or times[0] < 1:
+            raise ConfigError("times", f"must be ascending distinct indices above 0, got {self.times!r}")
+        if self.steps is not None and self.steps != len(times):
+            raise ConfigError("times", f"{len(times)} times for {self.steps} calls")
+        object.__setattr__(self, "times", times)
+
     @property
     def multistep(self) -> bool:
         return self.sampler in MULTISTEP
 
     def steps_for(self, num_timesteps: int) -> int:
         """The steps this sampler takes on a model of T = ``num_timesteps``."""
+        if self.times is not None:
+            return len(self.times)
         if self.steps is not None:
             return self.steps
         if self.sampler == "consistency":
-            return min(CONSISTENCY_CALLS, num_timesteps)
+            return min(CONSISTENCY_CALLS, num_timesteps - 1)
         return min(SOLVER_STEPS, num_timesteps) if self.multistep else num_timesteps
 
     def table(self, schedule: core.DiffusionSchedule) -> core.ReverseCoefficients:
@@ -116,12 +133,12 @@ class SamplerSettings:
         if self.steps is not None and self.steps > T:
             raise ConfigError("steps", f"{self.steps} exceeds the model's T = {T}")
         steps, timesteps = self.steps_for(T), None
+        if self.sampler == "consistency":  # f at each time, re-noised between (the core's tables)
+            return core.consistency_coefficients(schedule, self.consistency_times(schedule))
         if self.spacing == "logsnr":
             timesteps = core.log_snr_timesteps(schedule, steps)
         elif steps != T:
             timesteps = core.select_timesteps(T, steps, self.spacing)
-        if self.sampler == "consistency":  # f at each time, re-noised between (the core's table)
-            return core.consistency_coefficients(schedule, np.arange(T) if timesteps is None else timesteps)
         if self.sampler == "ddpm":
             return core.ddpm_coefficients(schedule, timesteps, variance=self.variance or "posterior")
         if self.sampler == "ddim":
@@ -129,18 +146,33 @@ class SamplerSettings:
         order, stochastic = MULTISTEP[self.sampler]
         return core.dpmpp_coefficients(schedule, timesteps, order=order, stochastic=stochastic)
 
+    def consistency_times(self, schedule: core.DiffusionSchedule) -> np.ndarray:
+        """The ascending indices of consistency sampling: ``times``, else the core's rule for its
+        calls (the first at T − 1, the second of two at the measured best noise level)."""
+        T = schedule.num_timesteps
+        if self.times is not None:
+            if self.times[-1] >= T:
+                raise ConfigError("times", f"{self.times[-1]} is not an index of the model's T = {T}")
+            return np.asarray(self.times, dtype=np.int64)
+        try:
+            return core.consistency_timesteps(schedule, self.steps_for(T))
+        except ValueError as err:
+            raise ConfigError("steps", str(err)) from None
+
     def describe(self, num_steps: int) -> str:
         """One line: the sampler, its steps, its own option, the spacing."""
         if self.sampler == "consistency":
-            return f"consistency {num_steps} call{'s' if num_steps > 1 else ''}, {self.spacing} spacing"
+            at = "" if self.times is None else f" at t = {', '.join(map(str, reversed(self.times)))}"
+            return f"consistency {num_steps} call{'s' if num_steps > 1 else ''}{at}"
         detail = {"ddim": f", eta {self.eta or 0.0:g}",
                   "ddpm": f", variance {self.variance or 'posterior'}"}.get(self.sampler, "")
         return f"{self.sampler} {num_steps} steps{detail}, {self.spacing} spacing"
 
     def record(self, num_steps: int) -> dict:
         """The settings as saved beside the samples."""
-        return {"sampler": self.sampler, "steps": num_steps, "eta": self.eta or 0.0,
-                "variance": self.variance or "posterior", "spacing": self.spacing}
+        record = {"sampler": self.sampler, "steps": num_steps, "eta": self.eta or 0.0,
+                  "variance": self.variance or "posterior", "spacing": self.spacing}
+        return record if self.times is None else {**record, "times": list(self.times)}
 
 
 def make_coefficients(schedule: core.DiffusionSchedule, sampler: str, steps: int | None = None,
