@@ -54,6 +54,8 @@ def main() -> None:
     p.add_argument("--distilled", type=Path, action="append", default=[])
     p.add_argument("--consistency", type=Path, action="append", default=[])
     p.add_argument("--consistency-calls", default="1,2,4")
+    p.add_argument("--consistency-fp32", action="store_true",
+                   help="also sample each consistency model in fp32 (the other rows: --precision auto)")
     add_scoring_args(p)
     p.add_argument("--teacher-calls", default="4,8,10,20")
     args = p.parse_args()
@@ -77,6 +79,11 @@ def main() -> None:
             settings = nets.SamplerSettings("consistency", steps=calls)
             rows.append({"model": f"consistency{i or ''}", "sampler": "consistency", "calls": calls,
                          "checkpoint": str(run), **sample_and_score(args, run, npz, settings)})
+            if args.consistency_fp32:
+                fp32 = npz.with_name(f"{npz.stem}-fp32.npz")
+                rows.append({"model": f"consistency{i or ''}", "sampler": "consistency", "calls": calls,
+                             "precision": "fp32", "checkpoint": str(run),
+                             **sample_and_score(args, run, fp32, settings, "fp32")})
     for r in rows:
         r["seconds_per_1000"] = 1000 / r["images_per_second"] if r["images_per_second"] else None
     write_json_atomic(args.out_dir / "study.json", rows)
@@ -90,7 +97,8 @@ def plot(rows, path):
              for s in TEACHER_SAMPLERS]
     lines.append(("distilled students (DDIM)", [r for r in rows if r["model"] == "student"], "s-"))
     for model in sorted({r["model"] for r in rows if r["model"].startswith("consistency")}):
-        lines.append((f"{model} model", [r for r in rows if r["model"] == model], "D-"))
+        sel = [r for r in rows if r["model"] == model and "precision" not in r]
+        lines.append((f"{model} model", sel, "D-"))
     for label, sel, style in lines:
         sel = sorted(sel, key=lambda r: r["calls"])
         calls = [r["calls"] for r in sel]
@@ -101,7 +109,8 @@ def plot(rows, path):
 
 def grids(rows, out_dir, path, per_row=20):
     labelled = []
-    for r in sorted((r for r in rows if r["model"].startswith("consistency")), key=lambda r: r["calls"]):
+    ours = (r for r in rows if r["model"].startswith("consistency") and "precision" not in r)
+    for r in sorted(ours, key=lambda r: r["calls"]):
         with np.load(out_dir / f"{r['model']}-{r['calls']}.npz") as f:
             plural = "s" if r["calls"] > 1 else ""
             labelled.append((f"{r['model']}\n{r['calls']} call{plural}", f["images"][:per_row]))

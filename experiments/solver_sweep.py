@@ -53,11 +53,13 @@ def judge_of(data_dir: str, split: str, classifier: Path | None):
     return nets.make_judge(data_dir, split, classifier)
 
 
-def sample_and_score(args, checkpoint: Path, npz: Path, sampler: nets.SamplerSettings | None) -> dict:
-    """1,000 (``args.n``) digits of ``checkpoint`` by ``sampler`` (None: the model's default; seed 0)
-    into ``npz``, scored against the real digits it never trained on; each file is made once (a
-    rerun reuses it). The row's numbers, the floor at the same n beside them."""
-    pipe = nets.load(checkpoint)
+def sample_and_score(args, checkpoint: Path, npz: Path, sampler: nets.SamplerSettings | None,
+                     precision: str = "auto") -> dict:
+    """1,000 (``args.n``) digits of ``checkpoint`` by ``sampler`` (None: the model's default; seed 0;
+    the network under ``precision``) into ``npz``, scored against the real digits it never trained
+    on; each file is made once (a rerun reuses it). The row's numbers, the floor at the same n
+    beside them."""
+    pipe = nets.load(checkpoint, precision=precision)
     if not npz.exists():
         chain = pipe.describe_sampler(sampler or pipe.default_sampler)
         print(f"+ sampling {args.n} digits of {checkpoint}: {chain}", file=sys.stderr, flush=True)

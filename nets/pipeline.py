@@ -216,11 +216,14 @@ class Pipeline:
         return sampler.describe(self._coefficients(sampler).num_steps)
 
     def _resolved(self, sampler: SamplerSettings) -> SamplerSettings:
-        """``sampler`` with consistency sampling's times resolved on this model (as recorded)."""
+        """``sampler`` with consistency sampling's times resolved on this model: those its
+        checkpoint records for that many calls, else the core's rule."""
         if sampler.sampler != "consistency" or sampler.times is not None:
             return sampler
-        times = sampler.consistency_times(self.loaded.diffusion.schedule)
-        return replace(sampler, steps=len(times), times=tuple(int(t) for t in times))
+        schedule = self.loaded.diffusion.schedule
+        recorded = self.consistency_sampler(sampler.steps_for(schedule.num_timesteps))
+        times = recorded.times or tuple(int(t) for t in sampler.consistency_times(schedule))
+        return replace(sampler, steps=len(times), times=times)
 
     def conditioning(self, n: int, label: int | str | None = None, guidance: float | None = None,
                      seed: int = 0) -> Conditioning:

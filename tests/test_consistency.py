@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import CHILD_ENV, run_command, tiny_flags, tiny_unet
+from test_distributed import TORCHRUN
 from test_sample import MU, S, assert_moments
 from torch import nn
 
@@ -24,6 +25,7 @@ from nets.diffusion import Diffusion, as_table, make_schedule
 from nets.distillation import ConsistencyLoss, DistillConfig
 from nets.pipeline import DistilledStepsWarning
 from nets.sampling import ChainOptions, DeviceCoefficients, Network, SamplerSettings, sample
+from nets.training.config import TrainConfig, lr_at
 
 T = 50
 TEACHER = [*tiny_flags(256, 16), "--no-preview", "--warmup-steps", "5", "--precision", "fp32",
@@ -224,7 +226,7 @@ def tuned(teacher, tmp_path_factory):
 def test_a_tuning_leaves_a_complete_consistency_model_in_its_folder(tuned, teacher):
     out, stderr = tuned
     assert "consistency tuning of" in stderr and "8 stages" in stderr
-    for name in ("checkpoint.pt", "metrics.jsonl", "loss.png", "samples.png"):
+    for name in ("checkpoint.pt", "metrics.jsonl", "loss.png", "samples.png", "preview.png"):
         assert (out / "consistency" / name).exists(), name
     state = load_checkpoint(out)
     record = state["consistency"]
@@ -353,3 +355,23 @@ def test_sigterm_mid_tuning_saves_and_a_resume_ends_where_an_unbroken_tuning_end
     for key in ("model", "ema"):
         for name, tensor in want[key].items():
             assert torch.equal(got[key][name], tensor), f"{key}.{name}"
+
+
+@pytest.mark.slow
+def test_two_processes_tune_like_one_with_the_global_batch(teacher, tmp_path):
+    """Under torchrun the target pass (no gradient) runs through the DDP-wrapped model beside the
+    online pass; the tuning matches one process on the global batch (bounds as in test_distill)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    argv = ["--teacher", teacher, *TUNE, "--steps-per-round", 4, "--no-figures"]
+    assert run_command("nets.distill", *argv, "--batch-size", 16, "--run-dir", one).returncode == 0
+    argv = [*argv, "--batch-size", 8, "--run-dir", two]
+    proc = subprocess.run([*TORCHRUN, "-m", "nets.distill", *map(str, argv)], capture_output=True, text=True,
+                          timeout=300, env=CHILD_ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got, want = load_checkpoint(two), load_checkpoint(one)
+    lr_sum = sum(lr_at(s, TrainConfig(lr=1e-3, warmup_steps=50), 4) for s in range(4))
+    for key in ("model", "ema"):
+        diffs = torch.cat([(got[key][n] - t).abs().flatten() for n, t in want[key].items()])
+        assert float(diffs.max()) <= lr_sum, key
+        assert float((diffs > 1e-6).float().mean()) <= 0.05, key
+    assert json.loads((two / "config.json").read_text())["world_size"] == 2

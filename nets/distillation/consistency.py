@@ -40,8 +40,9 @@ from nets.distillation.rounds import DistilledRun, make_folder, round_config, wr
 from nets.fields import ConfigError
 from nets.figures import plot_loss, save_grid
 from nets.files import atomic_write
+from nets.pipeline import load
 from nets.progress import format_duration
-from nets.sampling.settings import CONSISTENCY_CALLS
+from nets.sampling.settings import CONSISTENCY_CALLS, SampleOptions, SamplerSettings
 from nets.training.config import TrainConfig
 from nets.training.distributed import World
 from nets.training.fit import Resume, RunInterrupted, WarmStart, fit, say
@@ -53,7 +54,9 @@ RECORDED_CALLS = (1, 2, 4)  # the call counts whose times the checkpoint records
 
 class ConsistencyLoss(nn.Module):
     """The consistency-training loss of a model with ``student``'s objective (v or x0), its ECT
-    pairs shrinking over ``stages`` equal parts of the run."""
+    pairs shrinking over ``stages`` equal parts of the run. The run's previews show one call."""
+
+    preview_sampler = SamplerSettings("consistency", steps=1)
 
     def __init__(self, student: Diffusion, stages: int, numbers_per_image: int, time_draw: str = "lognormal"):
         super().__init__()
@@ -158,10 +161,11 @@ def announce(cfg: DistillConfig, teacher: LoadedModel, world: World) -> None:
 
 def tuning_config(cfg: DistillConfig, teacher: LoadedModel, folder: Path) -> TrainConfig:
     """The TrainConfig of the tuning: a distillation round's (the teacher's model, schedule and
-    data; this distillation's optimizer, length and machine), fp32 unless bf16 is asked for."""
+    data; this distillation's optimizer, length and machine), fp32 unless bf16 is asked for, with
+    previews (one consistency call) unless figures are off."""
     precision = "fp32" if cfg.precision == "auto" else cfg.precision
     return replace(round_config(cfg, teacher.config, cfg.max_minutes, folder), loss_weighting="uniform",
-                   precision=precision)
+                   precision=precision, preview=cfg.figures)
 
 
 def tuning_objective(cfg: DistillConfig, teacher: LoadedModel, world: World) -> ConsistencyLoss:
@@ -203,9 +207,7 @@ def finish(cfg: DistillConfig, folder: Path, seconds: float) -> None:
 
 
 def figures(cfg: DistillConfig, folder: Path) -> None:
-    """loss.png and samples.png (64 images at 1 call over 64 at 2 calls, classes in turn)."""
-    from nets.pipeline import load
-    from nets.sampling.settings import SampleOptions, SamplerSettings
+    """loss.png and samples.png (32 images at 1 call over 32 at 2 calls, classes in turn)."""
 
     rows = read_metrics(folder / METRICS_FILE)
     if rows:
@@ -213,6 +215,6 @@ def figures(cfg: DistillConfig, folder: Path) -> None:
                   np.array([r["epoch"] for r in rows]), folder / "loss.png", title="Consistency tuning")
     pipe = load(folder, cfg.device, cfg.precision)
     label = "all" if pipe.conditional else None
-    images = [pipe.sample(32, label=label, sampler=SamplerSettings("consistency", steps=calls), seed=cfg.seed,
+    images = [pipe.sample(32, label=label, sampler=pipe.consistency_sampler(calls), seed=cfg.seed,
                           options=SampleOptions(64)).images for calls in (1, 2)]
     save_grid(np.concatenate(images), folder / "samples.png", ncol=8)

@@ -388,7 +388,9 @@ def start_preview(run: TrainingRun, data: TrainingData) -> Preview:
     net = Network(run.ema, run.diffusion, run.amp_dtype)
     say(f"preview: {run.run_dir / 'preview.png'} and preview-history.png {every.describe()} "
         f"(--no-preview turns them off)")
-    return Preview(run.run_dir, net, every, run.cfg.seed + 2, run.step, capped=run.cfg.preview_every is None)
+    sampler = getattr(run.objective, "preview_sampler", None)  # an objective's own, e.g. 1 consistency call
+    return Preview(run.run_dir, net, every, run.cfg.seed + 2, run.step, capped=run.cfg.preview_every is None,
+                   sampler=sampler)
 
 
 def report_end(run: TrainingRun, seconds: float) -> None:

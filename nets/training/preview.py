@@ -3,7 +3,8 @@ digits from the EMA weights and writes ``preview.png`` and ``preview-history.png
 preview, labelled with its step) into the run directory, both atomically.
 
 The digits come from the same x_T (seed ``cfg.seed + 2``) through DPM-Solver++ 2M, a deterministic
-ODE solver at ``PREVIEW_SAMPLER``'s 10 network calls, so from one preview to the next they change
+ODE solver at ``PREVIEW_SAMPLER``'s 10 network calls (an objective may name its own deterministic
+sampler: a consistency tuning previews one call), so from one preview to the next they change
 only as the model does. A conditional model shows ``PER_CLASS`` digits of each class, one column
 per class. Previews never touch the training's random streams (their generator is their own), so
 a run's losses are the same with or without them; at the default interval they skip a turn that
@@ -60,7 +61,7 @@ class Preview:
     """Rank 0's previews of one training session; :meth:`maybe_write` after every step."""
 
     def __init__(self, run_dir: Path, net: Network, every: PreviewEvery, seed: int, start_step: int,
-                 capped: bool = True):
+                 capped: bool = True, sampler: SamplerSettings | None = None):
         self.run_dir, self.net, self.every, self.capped = run_dir, net, every, capped
         device = net.device
         classes = min(net.model.config.num_classes, ROW)
@@ -71,7 +72,8 @@ class Preview:
         y = torch.arange(n, device=device) % classes if classes else None
         self.options = ChainOptions(y=y)
         schedule = net.diffusion.schedule
-        self.coeffs = DeviceCoefficients(preview_sampler(schedule.num_timesteps).table(schedule)).to(device)
+        sampler = sampler or preview_sampler(schedule.num_timesteps)  # deterministic: it draws no z
+        self.coeffs = DeviceCoefficients(sampler.table(schedule)).to(device)
         self.spent, self.last_cost, self.next_minute, self.off = 0.0, 0.0, every.minutes, False
         self.written = 0
         self.steps, self.rows = _read_history(run_dir / "preview-history.npz", start_step)
