@@ -63,6 +63,9 @@ def build_parser() -> cli.Parser:
     p.add_argument("--time-draw", choices=choices(DistillConfig, "time_draw"), default=d.time_draw,
                    help="consistency: how t is drawn: ECT's log-normal noise level (mostly low noise) "
                    "or uniform over the T indices (the trainer's)")
+    p.add_argument("--target", choices=choices(DistillConfig, "target"), default=d.target,
+                   help="consistency: x_r of each pair from the data (consistency training: the x0 "
+                   "and ε of x_t) or one DDIM step of the teacher from x_t (consistency distillation)")
     p.add_argument("--from-steps", type=cli.int_at_least(2),
                    help=f"progressive: the DDIM steps of the first teacher (default {DEFAULT_FROM_STEPS}; a "
                    f"distilled teacher: its own)")

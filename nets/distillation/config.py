@@ -17,6 +17,7 @@ DEFAULT_STEPS_PER_ROUND = 1000
 StudentObjective = Literal["v", "x0"]  # both stable at low SNR; ε is not (Salimans & Ho 2022 §4)
 Method = Literal["progressive", "consistency"]
 TimeDraw = Literal["lognormal", "uniform"]  # consistency: ECT's log-normal noise level, or the trainer's
+Target = Literal["data", "teacher"]  # consistency: x_r from the data (training) or a teacher step
 DEFAULT_TO_STEPS = 4
 DEFAULT_STAGES = 8  # ECT's Δt halvings over a consistency tuning
 
@@ -41,6 +42,7 @@ class DistillConfig:
     max_minutes: float | None = setting(None, number(0))  # all rounds together, split across them
     stages: int = setting(DEFAULT_STAGES, integer(1))  # consistency: stages of ECT's shrinking Δt
     time_draw: TimeDraw = setting("lognormal")  # consistency: how t is drawn
+    target: Target = setting("data")  # consistency: where x_r comes from
     objective: StudentObjective = setting("v")
     lr: float = setting(1e-3, number(0, 1e30))  # half the trainer's peak: each round fine-tunes
     warmup_steps: int = setting(50, integer(0))
@@ -69,6 +71,8 @@ class DistillConfig:
             raise ConfigError("stages", "applies to --method consistency only")
         if self.method == "progressive" and self.time_draw != "lognormal":
             raise ConfigError("time_draw", "applies to --method consistency only")
+        if self.method == "progressive" and self.target != "data":
+            raise ConfigError("target", "applies to --method consistency only")
 
 
 def read_config(run_dir: Path) -> DistillConfig:

@@ -8,6 +8,7 @@ device. Per image, at the tuning's stage a (it grows with the run: Δt halves ea
          indexed by the trainer's uniform draw)
     r  = the core's ECT pair of t at stage a (r < t; at stage 0, low noise: r = t_min)
     x_t = α_t x0 + σ_t ε,  x_r = α_r x0 + σ_r ε           (the same x0 and ε: consistency training)
+         or x_r = A(t, r)·x̂0_teacher(x_t, t) + B(t, r)·x_t    (one teacher DDIM step: distillation)
     f(x, t) = c_skip(t)·x + c_out(t)·x̂0_θ(x, t)            (the boundary f(x, t_min) = x exact)
     loss = mean over the batch of w(t, r)·(√(‖f_θ(x_t, t) − f_θ⁻(x_r, r)‖² + c²) − c)
 
@@ -42,7 +43,7 @@ from nets.figures import plot_loss, save_grid
 from nets.files import atomic_write
 from nets.pipeline import load
 from nets.progress import format_duration
-from nets.sampling.settings import CONSISTENCY_CALLS, SampleOptions, SamplerSettings
+from nets.sampling.settings import CONSISTENCY_CALLS, Network, SampleOptions, SamplerSettings
 from nets.training.config import TrainConfig
 from nets.training.distributed import World
 from nets.training.fit import Resume, RunInterrupted, WarmStart, fit, say
@@ -58,8 +59,10 @@ class ConsistencyLoss(nn.Module):
 
     preview_sampler = SamplerSettings("consistency", steps=1)
 
-    def __init__(self, student: Diffusion, stages: int, numbers_per_image: int, time_draw: str = "lognormal"):
+    def __init__(self, student: Diffusion, stages: int, numbers_per_image: int, time_draw: str = "lognormal",
+                 teacher: Network | None = None):
         super().__init__()
+        self.teacher = teacher  # None: consistency training; a Network: consistency distillation
         schedule = student.schedule
         T = schedule.num_timesteps
         if T < 2:
@@ -76,12 +79,13 @@ class ConsistencyLoss(nn.Module):
         self.register_buffer("draw_table", as_table(draws), persistent=False)
         t = np.arange(1, T)
         pairs = np.zeros((stages, T), dtype=np.int64)  # row a: r of every t at stage a (t = 0 unused)
-        weights = np.zeros((stages, T))
+        weights, jump_a, jump_b = np.zeros((stages, T)), np.zeros((stages, T)), np.zeros((stages, T))
         for a in range(stages):
             pairs[a, 1:] = core.ect_pair_timesteps(schedule, t, a)
             weights[a, 1:] = core.consistency_weights(schedule, t, pairs[a, 1:])
-        self.register_buffer("pairs", as_table(pairs), persistent=False)
-        self.register_buffer("weights", as_table(weights), persistent=False)
+            jump_a[a, 1:], jump_b[a, 1:] = core.ddim_jump_coefficients(schedule, t, pairs[a, 1:])
+        for name, table in (("pairs", pairs), ("weights", weights), ("jump_a", jump_a), ("jump_b", jump_b)):
+            self.register_buffer(name, as_table(table), persistent=False)
 
     def at_step(self, step: int, end: int) -> None:
         """The stage of optimizer step ``step`` in a run ending at ``end``: ⌊stages·step/end⌋."""
@@ -94,15 +98,28 @@ class ConsistencyLoss(nn.Module):
         x0 = self.student.predict_x0(x, t, out.float())
         return extract(self.c_skip, t, x) * x + extract(self.c_out, t, x) * x0
 
+    @torch.no_grad()
+    def target_point(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, r: torch.Tensor,
+                     noise: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """x_r: training's α_r x0 + σ_r ε (the ε of x_t), or distillation's DDIM jump from x_t to r
+        with the teacher's x̂0 (clipped to [-1, 1], as its sampler clips it)."""
+        if self.teacher is None:
+            return self.student.q_sample(x0, r, noise)
+        out = self.teacher.model(x_t, t) if y is None else self.teacher.model(x_t, t, y)
+        x0_teacher = self.teacher.diffusion.predict_x0(x_t, t, out.float()).clamp(-1.0, 1.0)
+        a, b = extract(self.jump_a[self.stage], t, x_t), extract(self.jump_b[self.stage], t, x_t)
+        return a * x0_teacher + b * x_t
+
     def loss(self, model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
              y: torch.Tensor | None = None) -> torch.Tensor:
         """The weighted pseudo-Huber distance between f at (x_t, t) and, without gradient, at
         (x_r, r) (a scalar)."""
         t = self.draw_table[t]
         r = self.pairs[self.stage][t]
-        f_t = self.consistency_function(model, self.student.q_sample(x0, t, noise), t, y)
+        x_t = self.student.q_sample(x0, t, noise)
+        f_t = self.consistency_function(model, x_t, t, y)
         with torch.no_grad():
-            f_r = self.consistency_function(model, self.student.q_sample(x0, r, noise), r, y)
+            f_r = self.consistency_function(model, self.target_point(x0, x_t, t, r, noise, y), r, y)
         squared = ((f_t - f_r) ** 2).flatten(1).sum(1)
         c = self.huber_c
         distance = squared / (torch.sqrt(squared + c * c) + c)  # √(‖Δ‖² + c²) − c, exact at small Δ
@@ -171,7 +188,8 @@ def tuning_config(cfg: DistillConfig, teacher: LoadedModel, folder: Path) -> Tra
 def tuning_objective(cfg: DistillConfig, teacher: LoadedModel, world: World) -> ConsistencyLoss:
     student = Diffusion(teacher.diffusion.schedule, cfg.objective)
     numbers = int(np.prod(teacher.model.config.image_shape))
-    return ConsistencyLoss(student, cfg.stages, numbers, cfg.time_draw).to(world.device)
+    teacher_net = Network(teacher.model, teacher.diffusion) if cfg.target == "teacher" else None
+    return ConsistencyLoss(student, cfg.stages, numbers, cfg.time_draw, teacher_net).to(world.device)
 
 
 def tuning_record(cfg: DistillConfig, teacher: LoadedModel) -> dict:
@@ -180,7 +198,7 @@ def tuning_record(cfg: DistillConfig, teacher: LoadedModel) -> dict:
     times = {str(k): [int(t) for t in core.consistency_timesteps(schedule, k)]
              for k in RECORDED_CALLS if k < T}
     return {"teacher": str(teacher.path), "calls": min(CONSISTENCY_CALLS, T - 1), "stages": cfg.stages,
-            "time_draw": cfg.time_draw, "times": times,
+            "time_draw": cfg.time_draw, "target": cfg.target, "times": times,
             "t_min": core.T_MIN, "objective": cfg.objective, "complete": False}
 
 
