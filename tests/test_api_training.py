@@ -129,7 +129,8 @@ def test_a_command_line_resume_keeps_device_and_precision_unless_given_and_then_
 @pytest.mark.slow
 def test_the_api_snippet_of_the_docs_runs_as_shown(tmp_path, mnist):
     """docs/api.md's training block in a fresh interpreter, with its configs made tiny (a small
-    U-Net on 64 digits, no figures) and its budgets cut to 3 s, nothing else changed."""
+    U-Net on 64 digits, no figures; progressive distillation from 8 steps) and its budgets cut to
+    3 s, nothing else changed."""
     doc = (ROOT / "docs" / "api.md").read_text()
     snippet = next(b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "nets.fit(" in b)
     assert "nets.distill(nets.DistillConfig(" in snippet and "nets.resume(" in snippet
@@ -137,7 +138,9 @@ def test_the_api_snippet_of_the_docs_runs_as_shown(tmp_path, mnist):
                f"    small = dict(data_dir={mnist!r}, limit=64, batch_size=8, timesteps=50,\n"
                f"                 unet={TINY_UNET!r}, figures=False, preview=False, device='cpu',\n"
                f"                 precision='fp32') if make.__name__ == 'TrainConfig' else dict(\n"
-               f"        from_steps=8, figures=False, device='cpu', precision='fp32')\n"
+               f"        figures=False, device='cpu', precision='fp32')\n"
+               f"    if make.__name__ == 'DistillConfig' and kw.get('method') != 'consistency':\n"
+               f"        small['from_steps'] = 8\n"
                f"    return make(**{{**kw, **small}})\n")
     code = re.sub(r"max_minutes=\d+", "max_minutes=0.05", snippet)
     code = code.replace("nets.TrainConfig(", "tiny(nets.TrainConfig, ").replace(
@@ -145,7 +148,8 @@ def test_the_api_snippet_of_the_docs_runs_as_shown(tmp_path, mnist):
     proc = subprocess.run([sys.executable, "-c", "import nets\n" + prelude + code], cwd=tmp_path,
                           env=CHILD_ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split() == ["(16,", "28,", "28)", "4"]
+    assert proc.stdout.split() == ["(16,", "28,", "28)", "4", "2"]
     runs = sorted((tmp_path / "runs").iterdir())
-    assert len(runs) == 2 and runs[1].name == runs[0].name + "-4"
+    assert len(runs) == 3 and runs[1].name == runs[0].name + "-4" and runs[2].name == runs[0].name + "-cm"
     assert len(load_checkpoint(runs[1])["distilled"]["timesteps"]) == 4
+    assert load_checkpoint(runs[2])["consistency"]["calls"] == 2

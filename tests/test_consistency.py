@@ -37,33 +37,44 @@ TUNE = ["--method", "consistency", "--device", "cpu", "--log-every", "2", "--che
 # The loss against the core
 
 
-def numpy_loss(schedule, model_x0, x0, t_drawn, noise, stage, stages=8, draw="lognormal"):
-    """The tuning loss from the core's functions alone, float64: the reference."""
+def numpy_loss(schedule, model_x0, x0, t_drawn, noise, stage, stages=8, draw="lognormal", teacher_x0=None):
+    """The tuning loss from the core's functions alone, float64: the reference (``teacher_x0``:
+    consistency distillation, x_r one DDIM jump with the teacher's clipped x̂0)."""
     d = int(np.prod(x0.shape[1:]))
     T = schedule.num_timesteps
     table = core.lognormal_timestep_table(schedule) if draw == "lognormal" else np.maximum(np.arange(T), 1)
     t = table[t_drawn]
     r = core.ect_pair_timesteps(schedule, t, stage)
     xt, xr = core.q_sample(schedule, x0, t, noise), core.q_sample(schedule, x0, r, noise)
+    if teacher_x0 is not None:
+        xr = core.ddim_jump(schedule, xt, t, r, np.clip(teacher_x0(xt, t), -1, 1))
     f_t = core.consistency_function(schedule, xt, t, model_x0(xt, t))
     f_r = core.consistency_function(schedule, xr, r, model_x0(xr, r))
     distance = core.pseudo_huber(f_t - f_r, core.pseudo_huber_scale(d))
     return np.mean(core.consistency_weights(schedule, t, r) * distance)
 
 
-@pytest.mark.parametrize("draw", ["lognormal", "uniform"])
-def test_the_loss_is_the_cores_weighted_pseudo_huber_distance_at_each_stage(draw):
-    schedule = make_schedule("linear", 200)
-    torch.manual_seed(0)
-    model = tiny_unet()
-    student = Diffusion(schedule, "v")
-    loss = ConsistencyLoss(student, 8, 784, draw)
-
-    def model_x0(x, t):  # the model's x̂0 as the core reads a v-prediction (float32 in, as on the device)
+def x0_of(model, schedule, objective):
+    """The model's x̂0 as the core reads its output (float32 in, as on the device)."""
+    def x0(x, t):
         with torch.no_grad():
             x32 = torch.tensor(x, dtype=torch.float32).reshape(-1, 1, 28, 28)
-            v = model(x32, torch.tensor(t)).reshape(x.shape).double().numpy()
-        return core.predict_x0_from_v(schedule, x, t, v)
+            out = model(x32, torch.tensor(t)).reshape(x.shape).double().numpy()
+        convert = core.predict_x0_from_v if objective == "v" else core.predict_x0_from_eps
+        return convert(schedule, x, t, out)
+    return x0
+
+
+@pytest.mark.parametrize("draw, target", [("lognormal", "data"), ("uniform", "data"),
+                                          ("lognormal", "teacher")])
+def test_the_loss_is_the_cores_weighted_pseudo_huber_distance_at_each_stage(draw, target):
+    schedule = make_schedule("linear", 200)
+    model, teacher = tiny_unet(seed=0), tiny_unet(seed=1)
+    student = Diffusion(schedule, "v")
+    teacher_net = Network(teacher, Diffusion(schedule, "eps")) if target == "teacher" else None
+    loss = ConsistencyLoss(student, 8, 784, draw, teacher_net)
+    model_x0 = x0_of(model, schedule, "v")
+    teacher_x0 = x0_of(teacher, schedule, "eps") if target == "teacher" else None
 
     rng = np.random.default_rng(0)
     x0, noise = (a.astype(np.float32).astype(np.float64)  # the values the device sees
@@ -76,7 +87,7 @@ def test_the_loss_is_the_cores_weighted_pseudo_huber_distance_at_each_stage(draw
             def image(a):
                 return torch.tensor(a, dtype=torch.float32).reshape(6, 1, 28, 28)
             got = loss.loss(model, image(x0), torch.tensor(t_drawn), image(noise))
-        want = numpy_loss(schedule, model_x0, x0, t_drawn, noise, stage, draw=draw)
+        want = numpy_loss(schedule, model_x0, x0, t_drawn, noise, stage, draw=draw, teacher_x0=teacher_x0)
         assert float(got) == pytest.approx(want, rel=2e-4), stage  # float32 on the device
 
 
@@ -234,6 +245,7 @@ def test_a_tuning_leaves_a_complete_consistency_model_in_its_folder(tuned, teach
     schedule = make_schedule("linear", T)
     assert record["times"] == {str(k): core.consistency_timesteps(schedule, k).tolist() for k in (1, 2, 4)}
     assert record["teacher"] == str(teacher / "checkpoint.pt") and record["time_draw"] == "lognormal"
+    assert record["target"] == "data"
     assert state["config"]["objective"] == "v" and state["config"]["precision"] == "fp32"
     assert state["config"]["holdout"] == 1000 and state["step"] == 6
     assert json.loads((out / "config.json").read_text())["method"] == "consistency"
@@ -261,7 +273,8 @@ def test_sampling_a_consistency_model_runs_its_calls_by_default_and_warns_off_th
 
 def test_the_python_api_tunes_and_samples_a_consistency_model(teacher, tmp_path):
     run = nets.distill(DistillConfig(teacher=str(teacher), run_dir=str(tmp_path / "cm"), method="consistency",
-                                     steps_per_round=2, device="cpu", figures=False))
+                                     steps_per_round=2, device="cpu", figures=False, target="teacher"))
+    assert load_checkpoint(run)["consistency"]["target"] == "teacher"
     assert run.method == "consistency" and run.steps == 2
     pipe = nets.load(run, device="cpu")
     times = tuple(core.consistency_timesteps(make_schedule("linear", T), 2).tolist())
@@ -301,6 +314,7 @@ def test_evaluate_edit_and_the_speed_benchmark_take_a_consistency_model(tuned, m
     (["--from-steps", "8"], "--from-steps: applies to --method progressive only"),
     (["--stages", "0"], "--stages"),
     (["--time-draw", "cubic"], "invalid choice"),
+    (["--target", "oracle"], "invalid choice"),
 ])
 def test_bad_tuning_settings_are_one_line_and_exit_2(teacher, tmp_path, argv, message):
     proc = run_command("nets.distill", "--teacher", teacher, *TUNE, "--run-dir", tmp_path / "o", *argv)
@@ -313,7 +327,8 @@ def test_progressive_refuses_the_tunings_settings_and_a_consistency_model_is_no_
                                                                                           tmp_path):
     out, _ = tuned
     for argv, message in ((["--stages", "4"], "--stages: applies to --method consistency only"),
-                          (["--time-draw", "uniform"], "--time-draw: applies to --method consistency only")):
+                          (["--time-draw", "uniform"], "--time-draw: applies to --method consistency only"),
+                          (["--target", "teacher"], "--target: applies to --method consistency only")):
         proc = run_command("nets.distill", "--teacher", teacher, "--run-dir", tmp_path / "p",
                            "--device", "cpu", *argv)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
