@@ -5,16 +5,13 @@ command's folder, checkpoint record, defaults, warnings, resume and bad input.""
 
 import json
 import math
-import signal
-import subprocess
-import sys
 import warnings
 
 import numpy as np
 import pytest
 import torch
-from conftest import CHILD_ENV, run_command, tiny_flags, tiny_unet
-from test_distributed import TORCHRUN
+from conftest import run_command, tiny_unet
+from distill_runs import stop_at_step_10_and_resume, train_teacher, two_processes_match_one
 from test_sample import MU, S, assert_moments
 from torch import nn
 
@@ -28,8 +25,6 @@ from nets.sampling import ChainOptions, DeviceCoefficients, Network, SamplerSett
 from nets.training.config import TrainConfig, lr_at
 
 T = 50
-TEACHER = [*tiny_flags(256, 16), "--no-preview", "--warmup-steps", "5", "--precision", "fp32",
-           "--device", "cpu"]  # T = 50, conditional
 TUNE = ["--method", "consistency", "--device", "cpu", "--log-every", "2", "--checkpoint-every", "2"]
 
 
@@ -219,11 +214,7 @@ def test_the_consistency_sampler_defaults_to_two_calls_at_the_cores_times_and_ch
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory, mnist):
-    run_dir = tmp_path_factory.mktemp("teacher") / "run"
-    proc = run_command("nets.train", *TEACHER, "--data-dir", mnist, "--max-steps", 20, "--holdout", 1000,
-                       "--run-dir", run_dir)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return run_dir
+    return train_teacher(tmp_path_factory.mktemp("teacher") / "run", mnist)
 
 
 @pytest.fixture(scope="module")
@@ -351,42 +342,14 @@ def test_sigterm_mid_tuning_saves_and_a_resume_ends_where_an_unbroken_tuning_end
     """SIGTERM → checkpoint, exit 143; --resume finishes with the weights of a tuning that was never
     stopped (bit for bit: the stage follows the step, and the random streams are in the checkpoint)."""
     argv = ["--teacher", teacher, *TUNE, "--steps-per-round", 16, "--no-figures", "--log-every", 1]
-    whole = tmp_path / "whole"
-    assert run_command("nets.distill", *argv, "--run-dir", whole).returncode == 0
-    broken = tmp_path / "broken"
-    proc = subprocess.Popen([sys.executable, "-m", "nets.distill", *map(str, argv), "--run-dir", broken],
-                            stderr=subprocess.PIPE, text=True, env=CHILD_ENV)
-    for line in proc.stderr:
-        if line.startswith("step 10/"):
-            proc.send_signal(signal.SIGTERM)
-            break
-    rest = proc.stderr.read()
-    assert proc.wait(timeout=120) == 143, rest
-    assert "interrupted at step" in rest and "--resume" in rest
-    assert 10 <= load_checkpoint(broken / "consistency")["step"] < 16
-    proc = run_command("nets.distill", "--resume", broken)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    got, want = load_checkpoint(broken), load_checkpoint(whole)
-    for key in ("model", "ema"):
-        for name, tensor in want[key].items():
-            assert torch.equal(got[key][name], tensor), f"{key}.{name}"
+    last_words = stop_at_step_10_and_resume(argv, tmp_path, "consistency")
+    assert "interrupted at step" in last_words and "--resume" in last_words
 
 
 @pytest.mark.slow
 def test_two_processes_tune_like_one_with_the_global_batch(teacher, tmp_path):
     """Under torchrun the target pass (no gradient) runs through the DDP-wrapped model beside the
-    online pass; the tuning matches one process on the global batch (bounds as in test_distill)."""
-    one, two = tmp_path / "one", tmp_path / "two"
-    argv = ["--teacher", teacher, *TUNE, "--steps-per-round", 4, "--no-figures"]
-    assert run_command("nets.distill", *argv, "--batch-size", 16, "--run-dir", one).returncode == 0
-    argv = [*argv, "--batch-size", 8, "--run-dir", two]
-    proc = subprocess.run([*TORCHRUN, "-m", "nets.distill", *map(str, argv)], capture_output=True, text=True,
-                          timeout=300, env=CHILD_ENV)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got, want = load_checkpoint(two), load_checkpoint(one)
+    online pass; the tuning matches one process on the global batch (one round of 4 steps)."""
     lr_sum = sum(lr_at(s, TrainConfig(lr=1e-3, warmup_steps=50), 4) for s in range(4))
-    for key in ("model", "ema"):
-        diffs = torch.cat([(got[key][n] - t).abs().flatten() for n, t in want[key].items()])
-        assert float(diffs.max()) <= lr_sum, key
-        assert float((diffs > 1e-6).float().mean()) <= 0.05, key
-    assert json.loads((two / "config.json").read_text())["world_size"] == 2
+    argv = ["--teacher", teacher, *TUNE, "--steps-per-round", 4, "--no-figures"]
+    two_processes_match_one(argv, tmp_path, lr_sum)

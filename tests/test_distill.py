@@ -4,18 +4,15 @@ the command's rounds, checkpoints, resume, signals and bad input; distilled chec
 nets.sample and the Python API."""
 
 import json
-import signal
-import subprocess
-import sys
 import warnings
 
 import numpy as np
 import pytest
 import torch
-from conftest import CHILD_ENV, run_command, tiny_flags, tiny_unet
+from conftest import run_command, tiny_unet
+from distill_runs import stop_at_step_10_and_resume, train_teacher, two_processes_match_one
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_distributed import TORCHRUN
 
 import diffusion_core as core
 import nets
@@ -29,8 +26,6 @@ from nets.sampling import ChainOptions, DeviceCoefficients, Network, sample
 from nets.training.config import TrainConfig, lr_at
 
 T = 50
-TEACHER = [*tiny_flags(256, 16), "--no-preview", "--warmup-steps", "5", "--precision", "fp32",
-           "--device", "cpu"]  # T = 50
 DISTIL = ["--from-steps", "8", "--to-steps", "2", "--precision", "fp32", "--device", "cpu",
           "--log-every", "2", "--checkpoint-every", "2"]
 
@@ -131,11 +126,7 @@ def test_a_time_budget_plans_the_end_of_every_round(teacher, tmp_path):
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory, mnist):
-    run_dir = tmp_path_factory.mktemp("teacher") / "run"
-    proc = run_command("nets.train", *TEACHER, "--data-dir", mnist, "--max-steps", 20, "--holdout", 1000,
-                   "--run-dir", run_dir)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return run_dir
+    return train_teacher(tmp_path_factory.mktemp("teacher") / "run", mnist)
 
 
 @pytest.fixture(scope="module")
@@ -284,46 +275,15 @@ def test_sigterm_mid_round_saves_and_a_resume_ends_where_an_unbroken_run_ends(te
     """SIGTERM → checkpoint, exit 143; --resume finishes both rounds with the weights of a run
     that was never stopped (bit for bit: the random streams are in the checkpoint)."""
     argv = ["--teacher", teacher, *DISTIL, "--steps-per-round", 16, "--no-figures", "--log-every", 1]
-    whole = tmp_path / "whole"
-    assert run_command("nets.distill", *argv, "--run-dir", whole).returncode == 0
-    broken = tmp_path / "broken"
-    proc = subprocess.Popen([sys.executable, "-m", "nets.distill", *map(str, argv), "--run-dir", broken],
-                            stderr=subprocess.PIPE, text=True, env=CHILD_ENV)
-    for line in proc.stderr:
-        if line.startswith("step 10/"):
-            proc.send_signal(signal.SIGTERM)
-            break
-    rest = proc.stderr.read()
-    assert proc.wait(timeout=120) == 143, rest
-    assert "interrupted in round 1" in rest
-    assert 10 <= load_checkpoint(broken / "steps-04")["step"] < 16
-    proc = run_command("nets.distill", "--resume", broken)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    got, want = load_checkpoint(broken), load_checkpoint(whole)
-    for key in ("model", "ema"):
-        for name, tensor in want[key].items():
-            assert torch.equal(got[key][name], tensor), f"{key}.{name}"
+    assert "interrupted in round 1" in stop_at_step_10_and_resume(argv, tmp_path, "steps-04")
 
 
 @pytest.mark.slow
 def test_two_processes_distil_like_one_with_the_global_batch(teacher, tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    argv = ["--teacher", teacher, *DISTIL, "--steps-per-round", 4, "--no-figures"]
-    assert run_command("nets.distill", *argv, "--batch-size", 16, "--run-dir", one).returncode == 0
-    argv = [*argv, "--batch-size", 8, "--run-dir", two]
-    proc = subprocess.run([*TORCHRUN, "-m", "nets.distill", *map(str, argv)], capture_output=True, text=True,
-                          timeout=300, env=CHILD_ENV)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got, want = load_checkpoint(two), load_checkpoint(one)
-    # As in the trainer's test (test_distributed.py): the float rounding of a mean of 8 + 8 against
-    # a mean of 16 becomes, through Adam's division by √v̂, an update difference of up to a step's lr
-    # in entries whose gradient is ~0, and round 2's teacher is round 1's student, so the difference
-    # is bounded by the lr summed over both rounds' 4 steps (2·2e-4; measured on a Xeon with AMX:
-    # 7.6e-5, after a bound of 1e-4 had failed by 2.2e-4 when round 2's teachers differed in memory
-    # layout), while all but a few entries (measured 1.5 %) agree to 1e-6.
+    # As in the trainer's test (test_distributed.py), and round 2's teacher is round 1's student, so
+    # the difference is bounded by the lr summed over both rounds' 4 steps (2·2e-4; measured on a
+    # Xeon with AMX: 7.6e-5, after a bound of 1e-4 had failed by 2.2e-4 when round 2's teachers
+    # differed in memory layout), while all but a few entries (measured 1.5 %) agree to 1e-6.
     lr_sum = 2 * sum(lr_at(s, TrainConfig(lr=1e-3, warmup_steps=50), 4) for s in range(4))
-    for key in ("model", "ema"):
-        diffs = torch.cat([(got[key][n] - t).abs().flatten() for n, t in want[key].items()])
-        assert float(diffs.max()) <= lr_sum, key
-        assert float((diffs > 1e-6).float().mean()) <= 0.05, key
-    assert json.loads((two / "config.json").read_text())["world_size"] == 2
+    two_processes_match_one(["--teacher", teacher, *DISTIL, "--steps-per-round", 4, "--no-figures"], tmp_path,
+                            lr_sum)

@@ -37,9 +37,9 @@ import diffusion_core as core
 from nets.checkpoint import CheckpointError, LoadedModel, load_checkpoint, load_model, save_checkpoint
 from nets.diffusion import Diffusion, as_table, extract
 from nets.distillation.config import DistillConfig
-from nets.distillation.rounds import DistilledRun, make_folder, round_config, write_config
+from nets.distillation.rounds import DistilledRun, make_folder, plot_run_loss, round_config, write_config
 from nets.fields import ConfigError
-from nets.figures import plot_loss, save_grid
+from nets.figures import save_grid
 from nets.files import atomic_write
 from nets.pipeline import load
 from nets.progress import format_duration
@@ -47,7 +47,6 @@ from nets.sampling.settings import CONSISTENCY_CALLS, Network, SampleOptions, Sa
 from nets.training.config import TrainConfig
 from nets.training.distributed import World
 from nets.training.fit import Resume, RunInterrupted, WarmStart, fit, say
-from nets.training.metrics_log import METRICS_FILE, read_metrics
 
 FOLDER = "consistency"  # the tuning's run folder inside the distillation's
 RECORDED_CALLS = (1, 2, 4)  # the call counts whose times the checkpoint records
@@ -227,10 +226,7 @@ def finish(cfg: DistillConfig, folder: Path, seconds: float) -> None:
 def figures(cfg: DistillConfig, folder: Path) -> None:
     """loss.png and samples.png (32 images at 1 call over 32 at 2 calls, classes in turn)."""
 
-    rows = read_metrics(folder / METRICS_FILE)
-    if rows:
-        plot_loss(np.array([r["step"] for r in rows]), np.array([r["loss"] for r in rows]),
-                  np.array([r["epoch"] for r in rows]), folder / "loss.png", title="Consistency tuning")
+    plot_run_loss(folder, "Consistency tuning")
     pipe = load(folder, cfg.device, cfg.precision)
     label = "all" if pipe.conditional else None
     images = [pipe.sample(32, label=label, sampler=pipe.consistency_sampler(calls), seed=cfg.seed,

@@ -261,16 +261,20 @@ def round_figures(cfg: DistillConfig, folder: Path, steps: int) -> None:
     from nets.pipeline import load
     from nets.sampling.settings import SampleOptions, SamplerSettings
 
-    rows = read_metrics(folder / METRICS_FILE)
-    if rows:
-        plot_loss(np.array([r["step"] for r in rows]), np.array([r["loss"] for r in rows]),
-                  np.array([r["epoch"] for r in rows]), folder / "loss.png",
-                  title=f"Distillation: {2 * steps} → {steps} steps")
+    plot_run_loss(folder, f"Distillation: {2 * steps} → {steps} steps")
     pipe = load(folder, cfg.device, cfg.precision)
     digit = "all" if pipe.conditional else None
     images = pipe.sample(64, digit=digit, sampler=SamplerSettings("ddim", steps=steps), seed=cfg.seed,
                          options=SampleOptions(64)).images
     save_grid(images, folder / "samples.png", ncol=8)
+
+
+def plot_run_loss(folder: Path, title: str) -> None:
+    """A round's (or the tuning's) loss.png from its metrics.jsonl, if it logged any row."""
+    rows = read_metrics(folder / METRICS_FILE)
+    if rows:
+        plot_loss(np.array([r["step"] for r in rows]), np.array([r["loss"] for r in rows]),
+                  np.array([r["epoch"] for r in rows]), folder / "loss.png", title=title)
 
 
 def describe_end(result: DistilledRun) -> str:
