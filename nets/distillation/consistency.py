@@ -34,10 +34,17 @@ import torch
 from torch import nn
 
 import diffusion_core as core
-from nets.checkpoint import CheckpointError, LoadedModel, load_checkpoint, load_model, save_checkpoint
+from nets.checkpoint import LoadedModel, load_checkpoint, load_model, save_checkpoint
 from nets.diffusion import Diffusion, as_table, extract
 from nets.distillation.config import DistillConfig
-from nets.distillation.rounds import DistilledRun, make_folder, plot_run_loss, round_config, write_config
+from nets.distillation.rounds import (
+    DistilledRun,
+    make_folder,
+    plot_run_loss,
+    round_config,
+    round_state,
+    write_config,
+)
 from nets.fields import ConfigError
 from nets.figures import save_grid
 from nets.files import atomic_write
@@ -132,7 +139,7 @@ def tune(cfg: DistillConfig, world: World, run_dir: Path) -> DistilledRun:
     make_folder(run_dir, world)
     if world.is_main:
         write_config(cfg)
-    state = tuning_state(folder)
+    state = round_state(folder, "consistency")
     if state is not None and state["complete"]:
         if world.is_main:
             say(f"{folder} is done")
@@ -199,16 +206,6 @@ def tuning_record(cfg: DistillConfig, teacher: LoadedModel) -> dict:
     return {"teacher": str(teacher.path), "calls": min(CONSISTENCY_CALLS, T - 1), "stages": cfg.stages,
             "time_draw": cfg.time_draw, "target": cfg.target, "times": times,
             "t_min": core.T_MIN, "objective": cfg.objective, "complete": False}
-
-
-def tuning_state(folder: Path) -> dict | None:
-    """The consistency record of the tuning folder's checkpoint (None: no checkpoint yet)."""
-    if not (folder / "checkpoint.pt").exists():
-        return None
-    record = load_checkpoint(folder).get("consistency")
-    if not isinstance(record, dict) or "complete" not in record:
-        raise CheckpointError(f"{folder / 'checkpoint.pt'} is not a consistency tuning's")
-    return record
 
 
 def finish(cfg: DistillConfig, folder: Path, seconds: float) -> None:

@@ -195,13 +195,14 @@ def round_record(plan: Plan, r: int, objective: str) -> dict:
             "weighting": TARGET_WEIGHTING, "complete": False}
 
 
-def round_state(folder: Path) -> dict | None:
-    """The distillation record of a round folder's checkpoint (None: no checkpoint yet)."""
+def round_state(folder: Path, key: str = "distilled") -> dict | None:
+    """The record (``key``: "distilled", or "consistency" for a tuning) of a round folder's
+    checkpoint (None: no checkpoint yet); CheckpointError where it holds no such record."""
     if not (folder / "checkpoint.pt").exists():
         return None
-    record = load_checkpoint(folder).get("distilled")
+    record = load_checkpoint(folder).get(key)
     if not isinstance(record, dict) or "complete" not in record:
-        raise CheckpointError(f"{folder / 'checkpoint.pt'} is not a nets.distill round")
+        raise CheckpointError(f"{folder / 'checkpoint.pt'} is not a nets.distill round ({key})")
     return record
 
 
