@@ -4,6 +4,7 @@
 Usage:
     python experiments/distillation_study.py TEACHER_RUN OUT_DIR [--distilled DISTILL_RUN] \\
         [--distilled ANOTHER] [--consistency TUNED_RUN] [--consistency-calls 1,2,4] \\
+        [--consistency-fp32] [--consistency-second 150,250,350] \\
         --data-dir DIR [--classifier PATH] [--n 1000] [--teacher-calls 4,8,10,20]
 
 The teacher is sampled with DDIM, DPM-Solver++ 2M and SDE-DPM-Solver++ 2M (trailing spacing) at
@@ -54,6 +55,9 @@ def main() -> None:
     p.add_argument("--distilled", type=Path, action="append", default=[])
     p.add_argument("--consistency", type=Path, action="append", default=[])
     p.add_argument("--consistency-calls", default="1,2,4")
+    p.add_argument("--consistency-second", default="",
+                   help="also 2-call consistency sampling with the second call at each of these indices "
+                   "(comma-separated; the default's is core.consistency_timesteps')")
     p.add_argument("--consistency-fp32", action="store_true",
                    help="also sample each consistency model in fp32 (the other rows: --precision auto)")
     add_scoring_args(p)
@@ -74,21 +78,33 @@ def main() -> None:
     if args.distilled and not any(r["model"] == "student" for r in rows):
         sys.exit(f"no students (steps-NN/checkpoint.pt) in {', '.join(map(str, args.distilled))}")
     for i, run in enumerate(args.consistency):
-        for calls in map(int, args.consistency_calls.split(",")):
-            npz = args.out_dir / f"consistency{i or ''}-{calls}.npz"
-            settings = nets.SamplerSettings("consistency", steps=calls)
-            rows.append({"model": f"consistency{i or ''}", "sampler": "consistency", "calls": calls,
-                         "checkpoint": str(run), **sample_and_score(args, run, npz, settings)})
-            if args.consistency_fp32:
-                fp32 = npz.with_name(f"{npz.stem}-fp32.npz")
-                rows.append({"model": f"consistency{i or ''}", "sampler": "consistency", "calls": calls,
-                             "precision": "fp32", "checkpoint": str(run),
-                             **sample_and_score(args, run, fp32, settings, "fp32")})
+        rows += consistency_rows(args, run, f"consistency{i or ''}")
     for r in rows:
         r["seconds_per_1000"] = 1000 / r["images_per_second"] if r["images_per_second"] else None
     write_json_atomic(args.out_dir / "study.json", rows)
     plot(rows, args.out_dir / "distillation_quality.png")
     grids(rows, args.out_dir, args.out_dir / "distillation_grids.png")
+
+
+def consistency_rows(args, run: Path, name: str) -> list[dict]:
+    """The consistency model ``run`` at each of --consistency-calls (bf16, and fp32 with
+    --consistency-fp32), and at 2 calls with the second at each of --consistency-second."""
+    rows = []
+    for calls in map(int, args.consistency_calls.split(",")):
+        settings = nets.SamplerSettings("consistency", steps=calls)
+        for precision in ("auto", "fp32") if args.consistency_fp32 else ("auto",):
+            npz = args.out_dir / f"{name}-{calls}{'' if precision == 'auto' else '-fp32'}.npz"
+            row = {"model": name, "sampler": "consistency", "calls": calls, "checkpoint": str(run)}
+            if precision == "fp32":
+                row["precision"] = "fp32"
+            rows.append({**row, **sample_and_score(args, run, npz, settings, precision)})
+    last = nets.load(run).loaded.diffusion.num_timesteps - 1
+    for second in (int(s) for s in args.consistency_second.split(",") if s):
+        settings = nets.SamplerSettings("consistency", times=(second, last))
+        rows.append({"model": name, "sampler": "consistency", "calls": 2, "times": [second, last],
+                     "checkpoint": str(run),
+                     **sample_and_score(args, run, args.out_dir / f"{name}-2-at-{second}.npz", settings)})
+    return rows
 
 
 def plot(rows, path):
@@ -97,7 +113,7 @@ def plot(rows, path):
              for s in TEACHER_SAMPLERS]
     lines.append(("distilled students (DDIM)", [r for r in rows if r["model"] == "student"], "s-"))
     for model in sorted({r["model"] for r in rows if r["model"].startswith("consistency")}):
-        sel = [r for r in rows if r["model"] == model and "precision" not in r]
+        sel = [r for r in rows if r["model"] == model and not {"precision", "times"} & r.keys()]
         lines.append((f"{model} model", sel, "D-"))
     for label, sel, style in lines:
         sel = sorted(sel, key=lambda r: r["calls"])
@@ -109,7 +125,7 @@ def plot(rows, path):
 
 def grids(rows, out_dir, path, per_row=20):
     labelled = []
-    ours = (r for r in rows if r["model"].startswith("consistency") and "precision" not in r)
+    ours = (r for r in rows if r["model"].startswith("consistency") and not {"precision", "times"} & r.keys())
     for r in sorted(ours, key=lambda r: r["calls"]):
         with np.load(out_dir / f"{r['model']}-{r['calls']}.npz") as f:
             plural = "s" if r["calls"] > 1 else ""

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from test_sample import tiny_model
 
-from nets.checkpoint import save_checkpoint
+from nets.checkpoint import load_checkpoint, save_checkpoint
 from nets.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,18 +70,26 @@ def test_editing_study_runs_through_the_python_api(tmp_path, mnist, weak_classif
 
 
 @pytest.mark.slow
-def test_distillation_study_scores_a_teacher_and_its_students(tmp_path, mnist, weak_classifier, tiny_run):
-    distilled = tmp_path / "distilled"
-    proc = subprocess.run([sys.executable, "-m", "nets.distill", "--teacher", tiny_run, "--from-steps", "4",
-                           "--to-steps", "1", "--steps-per-round", "2", "--device", "cpu", "--no-figures",
-                           "--data-dir", mnist, "--run-dir", distilled], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_distillation_study_scores_a_teacher_its_students_and_a_consistency_model(tmp_path, mnist,
+                                                                                  weak_classifier, tiny_run):
+    distilled, tuned = tmp_path / "distilled", tmp_path / "tuned"
+    for method in (["--from-steps", "4", "--to-steps", "1"], ["--method", "consistency"]):
+        folder = distilled if "--to-steps" in method else tuned
+        proc = subprocess.run([sys.executable, "-m", "nets.distill", "--teacher", tiny_run, *method,
+                               "--steps-per-round", "2", "--device", "cpu", "--no-figures",
+                               "--data-dir", mnist, "--run-dir", folder], capture_output=True, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "study"
-    run_experiment("distillation_study.py", tiny_run, out, "--distilled", distilled, "--data-dir", mnist,
-                   "--classifier", weak_classifier, "--n", "10", "--teacher-calls", "4")
+    run_experiment("distillation_study.py", tiny_run, out, "--distilled", distilled, "--consistency", tuned,
+                   "--consistency-calls", "1,2", "--consistency-fp32", "--consistency-second", "10",
+                   "--data-dir", mnist, "--classifier", weak_classifier, "--n", "10", "--teacher-calls", "4")
     rows = json.loads((out / "study.json").read_text())
-    assert [(r["model"], r["calls"]) for r in rows] == [("teacher", 4)] * 3 + [("student", 1), ("student", 2)]
+    last = load_checkpoint(tiny_run)["config"]["timesteps"] - 1
+    assert [(r["model"], r["calls"], r.get("precision"), r.get("times")) for r in rows] == [
+        ("teacher", 4, None, None)] * 3 + [("student", 1, None, None), ("student", 2, None, None)] + [
+        ("consistency", 1, None, None), ("consistency", 1, "fp32", None), ("consistency", 2, None, None),
+        ("consistency", 2, "fp32", None), ("consistency", 2, None, [10, last])]
     assert all(r["fd"] > 0 and r["seconds_per_1000"] > 0 for r in rows)
     assert (out / "distillation_quality.png").exists() and (out / "distillation_grids.png").exists()
 
