@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from diffusion_core._inputs import as_count, as_data, as_real, as_step_index, as_step_sequence, read_only
+from diffusion_core.editing import q_jump_mean_variance
 from diffusion_core.respacing import select_timesteps
 from diffusion_core.reverse import ReverseCoefficients
 from diffusion_core.schedule import DiffusionSchedule
@@ -211,19 +212,12 @@ def consistency_coefficients(schedule: DiffusionSchedule, timesteps: Any,
     alpha = schedule.sqrt_alphas_cumprod[down]
     sigma = schedule.sqrt_one_minus_alphas_cumprod[down]
     mean_coef, noise_std = np.ones(len(down)), np.zeros(len(down))
-    for k, nxt in enumerate(down[1:]):
-        mean_coef[k], noise_std[k] = _renoise(schedule, t_min, int(nxt))
+    for k, nxt in enumerate(down[1:]):  # re-noise x_{t_min} to the next time: q(x_τ | x_{t_min})
+        jump = q_jump_mean_variance(schedule, 1.0, t_min, int(nxt))
+        mean_coef[k], noise_std[k] = float(jump.mean), math.sqrt(float(jump.variance))
     return ReverseCoefficients(
         timesteps=down, sqrt_alphas_cumprod=alpha, sqrt_one_minus_alphas_cumprod=sigma,
         x0_coef=mean_coef * (c_skip * alpha + c_out), eps_coef=mean_coef * c_skip * sigma, sigma=noise_std)
-
-
-def _renoise(schedule: DiffusionSchedule, s: int, t: int) -> tuple[float, float]:
-    """(√(ᾱ_t/ᾱ_s), √(1 − ᾱ_t/ᾱ_s)) of q(x_t | x_s), s < t; the ratio as a sum of logs, so a short
-    jump keeps its full relative precision."""
-    with np.errstate(divide="ignore"):  # β = 1 (zero terminal SNR): ratio 0
-        log_ratio = float(np.sum(np.log1p(-schedule.betas[s + 1: t + 1])))
-    return math.exp(0.5 * log_ratio), math.sqrt(-math.expm1(log_ratio))
 
 
 def _indices_from(schedule: DiffusionSchedule, t: Any, t_min: Any) -> tuple[np.ndarray, int]:
